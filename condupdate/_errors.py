@@ -1,0 +1,19 @@
+"""Warning and exception classes shared by all condupdate modules."""
+
+__all__ = ["CondupdateWarning", "ExtrapolationWarning", "ConfigError", "DataError"]
+
+
+class CondupdateWarning(UserWarning):
+    """Base class of every warning that condupdate emits."""
+
+
+class ExtrapolationWarning(CondupdateWarning):
+    """A model is evaluated outside the range of its training predictors."""
+
+
+class ConfigError(ValueError):
+    """A configuration key holds an invalid value."""
+
+
+class DataError(ValueError):
+    """An input file, variable or coordinate cannot be used as given."""

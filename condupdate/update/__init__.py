@@ -1,0 +1,28 @@
+"""Forgetful fine-tuning, the anomaly store, weight regressors and children."""
+
+from condupdate.update.anomalies import (
+    anomalies_to_dataarray,
+    anomaly_layout,
+    load_anomalies,
+    predictor_matrix,
+    save_anomalies,
+)
+from condupdate.update.conditional import DEFAULT_FINETUNE, ConditionalUpdate
+from condupdate.update.params import parameter_layout, parameter_vector, unflatten, with_parameters
+from condupdate.update.regressors import REGRESSORS, WeightRegressor
+
+__all__ = [
+    "DEFAULT_FINETUNE",
+    "REGRESSORS",
+    "ConditionalUpdate",
+    "WeightRegressor",
+    "anomalies_to_dataarray",
+    "anomaly_layout",
+    "load_anomalies",
+    "parameter_layout",
+    "parameter_vector",
+    "predictor_matrix",
+    "save_anomalies",
+    "unflatten",
+    "with_parameters",
+]
