@@ -1,0 +1,5 @@
+import sys
+
+from condupdate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,216 @@
+"""The run configuration: a YAML file validated key by key before any work starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from condupdate._errors import ConfigError
+from condupdate.emulators.mlp import ACTIVATIONS
+
+__all__ = [
+    "RunConfig",
+    "InputSpec",
+    "PredictorSpec",
+    "load_config",
+    "parse_config",
+    "resolve_path",
+]
+
+SAMPLE_PREFIX = "sample:"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt key would otherwise be ignored silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """One input feature: a variable (optionally reduced) or a coordinate."""
+
+    name: str
+    variable: str | None = None  # data variable in the input files
+    coordinate: str | None = None  # coordinate used as a feature, for example latitude
+    transform: Literal["none", "domain_mean", "training_mean"] = "none"
+    # domain_mean: cos-latitude weighted mean over the horizontal dims, one value per time step.
+    # training_mean: mean over the split dimension within the training selection (a climatology).
+    feature: bool = True  # false: computed for use as a predictor but not fed to the network
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if (self.variable is None) == (self.coordinate is None):
+            raise ValueError(f"input {self.name!r} needs exactly one of 'variable' or 'coordinate'")
+        if self.coordinate is not None and self.transform != "none":
+            raise ValueError(f"input {self.name!r}: a coordinate takes no transform, got {self.transform!r}")
+        return self
+
+
+class PredictorSpec(_Strict):
+    """One predictor: an input feature, a coordinate, or an external series in a file."""
+
+    input: str | None = None  # name of an entry of data.inputs
+    coordinate: str | None = None  # coordinate such as time (as decimal year) or depth
+    path: str | None = None  # netCDF file with an external series
+    variable: str | None = None  # variable in 'path'
+    dim: str | None = None  # dimension the external series is aligned on, by label
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictorSpec:
+        sources = [s for s in ("input", "coordinate", "path") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"a predictor needs exactly one of 'input', 'coordinate' or 'path', got {sources or 'none'}")
+        if self.path is not None and (self.variable is None or self.dim is None):
+            raise ValueError("an external predictor from 'path' also needs 'variable' and 'dim'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.input or self.coordinate or f"{self.variable}"
+
+
+class DataSpec(_Strict):
+    paths: Annotated[list[str], Field(min_length=1)]  # netCDF files or a zarr store; "sample:NAME" for iris-sample-data
+    engine: str | None = None  # xarray backend, for example netcdf4 or h5netcdf
+    targets: Annotated[list[str], Field(min_length=1)]  # variables the emulator predicts
+    inputs: Annotated[list[InputSpec], Field(min_length=1)]
+    sample_dims: Annotated[list[str], Field(min_length=1)]  # dims that index samples
+    thin: dict[str, Annotated[int, Field(ge=1)]] = {}  # keep every n-th step along these dims
+
+
+class SplitSpec(_Strict):
+    dim: str  # dimension of the training/application split
+    train: list[Any]  # [start, stop] inclusive range, or a list of labels with 'labels: true'
+    apply: list[Any]
+    labels: bool = False  # treat train/apply as label lists instead of ranges
+
+
+class SubsetSpec(_Strict):
+    method: Literal["window", "quantile", "label"] = "window"
+    dim: str | None = None  # for window and label; default the split dim
+    size: Annotated[int, Field(ge=1)] = 10  # window length in steps along dim
+    bins: Annotated[int, Field(ge=2)] = 10  # number of quantile bins of the first predictor
+
+
+class EmulatorSpec(_Strict):
+    width: Annotated[int, Field(ge=1)] = 64
+    depth: Annotated[int, Field(ge=0)] = 2
+    activation: str = "tanh"
+
+    @model_validator(mode="after")
+    def _known_activation(self) -> EmulatorSpec:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        return self
+
+
+class TrainingSpec(_Strict):
+    epochs: Annotated[int, Field(ge=1)] = 50
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    patience: Annotated[int, Field(ge=0)] = 5
+    seed: int = 0
+
+
+class FinetuneSpec(TrainingSpec):
+    epochs: Annotated[int, Field(ge=1)] = 20
+    learning_rate: Annotated[float, Field(gt=0)] = 3e-4
+
+
+class RegressorSpec(_Strict):
+    method: Literal["linear", "ridge"] = "ridge"
+
+
+class RunConfig(_Strict):
+    """A whole run: data, split, subsets, predictors, emulator, training and regressor."""
+
+    name: str = "run"
+    data: DataSpec
+    split: SplitSpec
+    subsets: SubsetSpec = SubsetSpec()
+    predictors: Annotated[list[PredictorSpec], Field(min_length=1)]
+    emulator: EmulatorSpec = EmulatorSpec()
+    training: TrainingSpec = TrainingSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    regressor: RegressorSpec = RegressorSpec()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        names = [spec.name for spec in self.data.inputs]
+        if not any(spec.feature for spec in self.data.inputs):
+            raise ValueError("data.inputs needs at least one entry with feature: true, the network's inputs")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"data.inputs names must be unique, got duplicates {duplicates}")
+        for spec in self.predictors:
+            if spec.input is not None and spec.input not in names:
+                raise ValueError(f"predictor input {spec.input!r} is not among data.inputs {names}")
+        if self.split.dim not in self.data.sample_dims:
+            raise ValueError(f"split.dim {self.split.dim!r} must be one of data.sample_dims {self.data.sample_dims}")
+        if not self.split.labels:
+            for key in ("train", "apply"):
+                value = getattr(self.split, key)
+                if len(value) != 2:
+                    raise ValueError(
+                        f"split.{key} must be [start, stop], got {value!r}; set split.labels: true to give labels"
+                    )
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"Invalid configuration {source}:"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; check its spelling against the README's configuration format")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "(dict)") -> RunConfig:
+    """Validate a configuration mapping, raising :class:`ConfigError` with every bad key listed."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Configuration {source} must be a mapping of keys, got {type(raw).__name__}.")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Configuration file {str(path)!r} not found.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Configuration file {str(path)!r} is not valid YAML: {err}") from err
+    config = parse_config(raw, source=repr(str(path)))
+    return config.model_copy(update={"data": _relative_to(config.data, path.parent)})
+
+
+def _relative_to(data: DataSpec, folder: Path) -> DataSpec:
+    # Relative data paths in a config file are read relative to that file's folder.
+    paths = [p if p.startswith(SAMPLE_PREFIX) or Path(p).is_absolute() else str(folder / p) for p in data.paths]
+    return data.model_copy(update={"paths": paths})
+
+
+def resolve_path(path: str) -> Path:
+    """Resolve ``sample:NAME`` to a file of the ``iris-sample-data`` package; return other paths as they are."""
+    if not path.startswith(SAMPLE_PREFIX):
+        return Path(path)
+    try:
+        import iris_sample_data
+    except ImportError as err:
+        raise ConfigError(
+            f"Path {path!r} needs the sample data package; install it with "
+            "pip install 'condupdate[sample]' (or pip install iris-sample-data)."
+        ) from err
+    return Path(iris_sample_data.path) / path[len(SAMPLE_PREFIX) :]

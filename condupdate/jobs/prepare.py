@@ -1,0 +1,135 @@
+"""Turn a validated configuration into datasets, features, subsets and predictors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from condupdate import regimes
+from condupdate._errors import DataError
+from condupdate.data import open_dataset, select
+from condupdate.jobs.config import PredictorSpec, RunConfig, resolve_path
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, still lazy where the input files are large."""
+
+    config: RunConfig
+    dataset: xr.Dataset  # the opened (and thinned) input files
+    train: xr.Dataset  # features, targets and predictors of the training selection
+    apply: xr.Dataset  # the same for the application selection
+    features: list[str]  # input feature names, in column order
+    targets: list[str]
+    predictors: list[str]
+    subsets: xr.DataArray  # subset label of each training sample, along some sample dims
+
+
+def _open(config: RunConfig) -> xr.Dataset:
+    paths = [resolve_path(p) for p in config.data.paths]
+    ds = open_dataset(paths, engine=config.data.engine)
+    for dim, step in config.data.thin.items():
+        if dim not in ds.dims:
+            raise DataError(f"data.thin names dimension {dim!r}, which the input files lack; they have {list(ds.dims)}.")
+        ds = ds.isel({dim: slice(None, None, step)})
+    for name in config.data.targets:
+        if name not in ds.data_vars:
+            raise DataError(
+                f"Target variable {name!r} (data.targets) not found in {config.data.paths}; "
+                f"the files hold {sorted(map(str, ds.data_vars))}."
+            )
+    return ds
+
+
+def _feature(ds: xr.Dataset, train: xr.Dataset, spec, split_dim: str) -> xr.DataArray:
+    if spec.coordinate is not None:
+        if spec.coordinate not in ds.coords:
+            raise DataError(f"Input {spec.name!r}: coordinate {spec.coordinate!r} not found; the files have {sorted(map(str, ds.coords))}.")
+        return regimes.coordinate_predictor(ds, spec.coordinate)
+    if spec.variable not in ds.data_vars:
+        raise DataError(f"Input {spec.name!r}: variable {spec.variable!r} not found; the files hold {sorted(map(str, ds.data_vars))}.")
+    field = ds[spec.variable]
+    if spec.transform == "domain_mean":
+        return regimes.domain_mean(field)
+    if spec.transform == "training_mean":
+        # A climatology of the training selection only: the same at every step of split_dim.
+        return train[spec.variable].mean(split_dim, skipna=True).assign_attrs(field.attrs)
+    return field
+
+
+def _predictor(ds: xr.Dataset, features: xr.Dataset, spec: PredictorSpec) -> xr.DataArray:
+    if spec.input is not None:
+        return features[spec.input]
+    if spec.coordinate is not None:
+        return regimes.coordinate_predictor(ds, spec.coordinate)
+    series_ds = open_dataset(resolve_path(spec.path))
+    if spec.variable not in series_ds.data_vars:
+        raise DataError(f"Predictor variable {spec.variable!r} not found in {spec.path!r}; it holds {sorted(map(str, series_ds.data_vars))}.")
+    return regimes.external_predictor(series_ds[spec.variable], ds, spec.dim)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Open the inputs, build features and predictors, split them and assign subsets.
+
+    Statistics that need the training data (climatology inputs) are computed from
+    the training selection only. Predictors come from inputs, coordinates or
+    external series, never from targets of the application selection.
+    """
+    ds = _open(config)
+    split = config.split
+    train_raw = select(ds, split.dim, split.train if split.labels else tuple(split.train))
+    apply_raw = select(ds, split.dim, split.apply if split.labels else tuple(split.apply))
+
+    features = xr.Dataset({spec.name: _feature(ds, train_raw, spec, split.dim) for spec in config.data.inputs})
+    predictor_names = [spec.name for spec in config.predictors]
+    predictors = {
+        f"predictor:{spec.name}": _predictor(ds, features, spec).reset_coords(drop=True) for spec in config.predictors
+    }
+    for name, values in predictors.items():
+        extra = [d for d in values.dims if d not in config.data.sample_dims]
+        if extra:
+            raise DataError(f"Predictor {name.split(':', 1)[1]!r} has dimensions {extra} outside data.sample_dims.")
+
+    combined = xr.merge(
+        [features, ds[config.data.targets], xr.Dataset(predictors)], compat="override", join="left"
+    ).drop_attrs()
+    combined = combined.assign_coords({d: ds[d] for d in config.data.sample_dims if d in ds.coords})
+    for name in config.data.targets:
+        combined[name].attrs = ds[name].attrs
+    train = select(combined, split.dim, split.train if split.labels else tuple(split.train))
+    apply = select(combined, split.dim, split.apply if split.labels else tuple(split.apply))
+
+    subsets = _subsets(config, train, f"predictor:{predictor_names[0]}")
+    feature_names = [s.name for s in config.data.inputs if s.feature]
+    return Prepared(config, ds, train, apply, feature_names, list(config.data.targets), predictor_names, subsets)
+
+
+def _subsets(config: RunConfig, train: xr.Dataset, first_predictor: str) -> xr.DataArray:
+    spec = config.subsets
+    dim = spec.dim or config.split.dim
+    if spec.method == "window":
+        labels = regimes.window_subsets(train, dim, spec.size)
+    elif spec.method == "label":
+        labels = regimes.label_subsets(train, dim)
+    else:
+        labels = regimes.quantile_subsets(train[first_predictor].compute(), spec.bins)
+    if len(regimes.subset_order(labels)) < 2:
+        raise DataError(
+            f"Subsets ({spec.method} along {dim!r}) give {len(regimes.subset_order(labels))} subset of the "
+            "training selection; the weight regressor needs at least 2. Use a smaller subsets.size or more bins."
+        )
+    return labels
+
+
+def per_sample(values: xr.DataArray, like: xr.Dataset, sample_dims: list[str]) -> np.ndarray:
+    """Broadcast ``values`` over the sample dims of ``like`` and flatten in stacking order."""
+    template = like[sample_dims[0]].reset_coords(drop=True)
+    full = values.reset_coords(drop=True)
+    for d in sample_dims:
+        full = full.broadcast_like(like[d].reset_coords(drop=True))
+    full = full.broadcast_like(template).transpose(*sample_dims)
+    return np.asarray(full.values).reshape(-1)
