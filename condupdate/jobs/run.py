@@ -75,11 +75,13 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    out = prepare_output_dir(out_dir, overwrite=overwrite) if out_dir is not None else None
     torch.manual_seed(config.training.seed)
 
     # Phase 1: data, split, subsets and predictors (statistics from training data only).
+    # Inputs are opened lazily before the output folder is made, so a bad file or
+    # variable name leaves no empty folder behind.
     prep = prepare(config)
+    out = prepare_output_dir(out_dir, overwrite=overwrite) if out_dir is not None else None
     sample_dims = config.data.sample_dims
     X_train_da, X_train, Y_train, P_train = _matrices(prep, prep.train)
     labels = per_sample(prep.subsets, prep.train, sample_dims)
@@ -246,4 +248,5 @@ def _write_outputs(result, prep, parent, x_norm, y_norm, parent_history) -> None
         if len(other) == 2:
             maps = {m: abs(ds[m] - ds.truth).mean(split_dim).assign_attrs(units=units) for m in methods}
             fig = plot.error_maps(maps, units=units)
+            fig.suptitle(f"Time-mean absolute error of {target}, application selection")
             plot.save_figure(fig, out / f"error_maps{suffix}.png")
