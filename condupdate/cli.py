@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    # Imported here so that --help answers without loading torch.
+    # Imported here so that --help prints without loading torch.
     from condupdate.jobs.run import run
 
     try:

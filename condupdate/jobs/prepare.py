@@ -68,7 +68,7 @@ def _predictor(ds: xr.Dataset, features: xr.Dataset, spec: PredictorSpec) -> xr.
         return regimes.coordinate_predictor(ds, spec.coordinate)
     series_ds = open_dataset(resolve_path(spec.path))
     if spec.variable not in series_ds.data_vars:
-        raise DataError(f"Predictor variable {spec.variable!r} not found in {spec.path!r}; it holds {sorted(map(str, series_ds.data_vars))}.")
+        raise DataError(f"Predictor variable {spec.variable!r} not found in {spec.path!r}; it contains {sorted(map(str, series_ds.data_vars))}.")
     return regimes.external_predictor(series_ds[spec.variable], ds, spec.dim)
 
 

@@ -31,7 +31,7 @@ METHODS = ("parent", "child", "pattern_scaling")
 
 @dataclass
 class RunResult:
-    """What a run produced; files are under ``out_dir`` when one was given."""
+    """Results of one run: skill, predictions, distance and the fitted update, with files under ``out_dir`` when given."""
 
     config: RunConfig
     skill: dict[str, xr.Dataset]  # per target: dims (method,), variables rmse, mae, bias
@@ -162,7 +162,7 @@ def _unstack(values: np.ndarray, ok: np.ndarray, stacked: xr.DataArray, like: xr
     flat = xr.DataArray(full, dims="sample", coords={"sample": stacked["sample"]})
     out = flat.unstack("sample").transpose(*like.dims)
     out = out.assign_coords({d: like[d] for d in like.dims})
-    return out.assign_attrs(units=like.attrs.get("units", ""))
+    return out.assign_attrs(like.attrs)
 
 
 def _pattern_scaling(prep: Prepared, target: str) -> xr.DataArray | None:
