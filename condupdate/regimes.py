@@ -29,9 +29,10 @@ __all__ = [
 ]
 
 
-def _format(value: object) -> str:
+def _format(value: object, precision: int = 0) -> str:
+    # precision 0 gives the year of a date, 1 the month and 2 the day.
     if hasattr(value, "year") and hasattr(value, "calendar"):
-        return f"{value.year:04d}"
+        return [f"{value.year:04d}", f"{value.year:04d}-{value.month:02d}", f"{value.year:04d}-{value.month:02d}-{value.day:02d}"][precision]
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
     return str(value)
@@ -61,12 +62,19 @@ def window_subsets(obj: xr.Dataset | xr.DataArray, dim: str, size: int) -> xr.Da
     if int(size) < 1:
         raise ValueError(f"Window size must be at least 1 step along {dim!r}, got {size!r}.")
     values = obj[dim].values
-    labels = np.empty(len(values), dtype=object)
-    for start in range(0, len(values), int(size)):
-        stop = min(start + int(size), len(values)) - 1
-        first, last = _format(values[start]), _format(values[stop])
-        labels[start : stop + 1] = first if first == last else f"{first}-{last}"
-    return xr.DataArray(labels.astype(str), dims=dim, coords={dim: obj[dim]}, name="subset")
+    starts = range(0, len(values), int(size))
+    # Label windows by year, or by month or day when windows shorter than a year
+    # would otherwise share a label.
+    for precision in range(3):
+        names = []
+        for start in starts:
+            stop = min(start + int(size), len(values)) - 1
+            first, last = _format(values[start], precision), _format(values[stop], precision)
+            names.append(first if first == last else f"{first}-{last}")
+        if len(set(names)) == len(names):
+            break
+    labels = np.repeat(np.asarray(names, dtype=str), int(size))[: len(values)]
+    return xr.DataArray(labels, dims=dim, coords={dim: obj[dim]}, name="subset")
 
 
 def quantile_subsets(predictor: xr.DataArray, n_bins: int) -> xr.DataArray:
@@ -184,5 +192,9 @@ def subset_predictors(predictor: xr.DataArray, subsets: xr.DataArray) -> xr.Data
     per_sample = predictor.isel(predictor=0, drop=True) if "predictor" in predictor.dims else predictor
     labels, _ = xr.broadcast(subsets.reset_coords(drop=True), per_sample)
     predictor, labels = xr.broadcast(predictor, labels.rename("subset"), exclude=["predictor"])
-    means = predictor.groupby(labels).mean(list(labels.dims), skipna=True)
+    # Group along one stacked dim: grouping by an N-D label array needs flox.
+    sample_dims = list(labels.dims)
+    stacked = predictor.stack(_sample=sample_dims)
+    stacked_labels = labels.stack(_sample=sample_dims)
+    means = stacked.groupby(stacked_labels).mean("_sample", skipna=True)
     return means.sel(subset=order)

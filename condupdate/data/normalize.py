@@ -53,9 +53,17 @@ class Normalizer:
         Works on dask-backed input through dask reductions; only the two small
         vectors of statistics are computed.
         """
-        mean, std = xr.broadcast(X.mean(self.dim, skipna=True), X.std(self.dim, skipna=True))
-        mean, std = (np.asarray(a, dtype="float64") for a in xr.DataArray.compute(xr.concat([mean, std], "stat")))
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        # Statistics in float64: a float32 sum over millions of cells loses digits.
+        X = X.astype("float64")
+        reductions = [X.mean(self.dim, skipna=True), X.std(self.dim, skipna=True), X.min(self.dim, skipna=True)]
+        stats = xr.concat(reductions, "stat").compute()
+        mean, std, minimum = (np.asarray(row, dtype="float64") for row in stats.values)
+        # A constant column still shows a rounding-level spread (about 1e-14 of its
+        # value), so any spread below 1e-10 of the mean counts as none. Its exact
+        # value (the minimum) replaces the rounded mean, so it maps to exactly 0.
+        constant = ~np.isfinite(std) | (std <= 1e-10 * np.abs(mean))
+        mean = np.where(constant & np.isfinite(minimum), minimum, mean)
+        std = np.where(constant, 1.0, std)
         self.mean_ = mean
         self.scale_ = std
         self.names_ = [str(n) for n in X[self.feature_dim].values]

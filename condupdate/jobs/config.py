@@ -162,12 +162,28 @@ class RunConfig(_Strict):
         return self
 
 
+def _allowed_keys(loc: tuple) -> list[str]:
+    # Follow the error location through the nested models to the one holding the key.
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        args = getattr(annotation, "__args__", ()) or (annotation,)
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"Invalid configuration {source}:"]
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key; check its spelling against the README's configuration format")
+            allowed = ", ".join(_allowed_keys(item["loc"]))
+            lines.append(f"  {key}: unknown key (value {item.get('input')!r}); allowed keys here: {allowed}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
