@@ -47,6 +47,8 @@ def anomalies_to_dataarray(
     """
     anomalies = np.asarray(anomalies)
     predictors = np.asarray(predictors, dtype="float64").reshape(len(subsets), -1)
+    if len(predictor_names) != predictors.shape[1]:
+        raise ValueError(f"Got {len(predictor_names)} predictor names for {predictors.shape[1]} predictor columns.")
     coords: dict[str, object] = {
         "subset": np.asarray(list(subsets), dtype=str),
         "parameter": np.arange(anomalies.shape[1]),

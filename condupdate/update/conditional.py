@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 # Fine-tuning starts from a trained parent, so it takes a smaller step and fewer epochs.
 DEFAULT_FINETUNE = TrainConfig(epochs=20, learning_rate=3e-4, patience=5)
 
+# Mean number of samples per distinct child above which children run one batched
+# forward pass each instead of vmap over per-sample weights.
+GROUP_MIN_SAMPLES = 16
+
 
 class ConditionalUpdate:
     """Adapt a parent network by regressing its fine-tuned weight anomalies on predictors.
@@ -152,10 +156,12 @@ class ConditionalUpdate:
     def predict(self, X: np.ndarray, predictors: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Predict with per-sample children, ``theta0 + g(predictor_i)`` for sample i.
 
-        Samples that share a predictor value share one weight vector: the anomalies
-        are evaluated once per distinct predictor, and the network runs with
-        ``torch.func.vmap`` over per-sample weights in batches, so no module is
-        built per sample.
+        Samples whose predicted weights are identical share one child. When there
+        are few distinct children (at least ``GROUP_MIN_SAMPLES`` samples each on
+        average), each runs as one batched forward pass, so a zero anomaly gives
+        the parent's predictions bit for bit. Otherwise the network runs with
+        ``torch.func.vmap`` over per-sample weights in batches. No module is built
+        per sample either way.
 
         Parameters
         ----------
@@ -163,30 +169,56 @@ class ConditionalUpdate:
             Standardised inputs.
         predictors : array, shape (n_samples, n_predictors) or (n_samples,)
         batch_size : int
-            Samples per vectorised call; memory grows as ``batch_size * n_parameters``.
+            Samples per forward call; in the vmap path memory grows as
+            ``batch_size * n_parameters``.
 
         Returns
         -------
         numpy.ndarray, shape (n_samples, n_outputs)
         """
         X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        if len(X) == 0:
+            with torch.no_grad():
+                return self.parent(X).numpy()
         predictors = np.asarray(predictors, dtype="float64").reshape(len(X), -1)
+
+        # Distinct predictors, then distinct weight vectors: a zero anomaly maps every
+        # predictor to theta0 itself.
         unique, inverse = np.unique(predictors, axis=0, return_inverse=True)
         thetas = self.theta0_ + torch.as_tensor(self.predict_anomaly(unique), dtype=self.theta0_.dtype)
-        inverse = torch.as_tensor(inverse.ravel())
+        thetas_np, child_index = np.unique(thetas.numpy(), axis=0, return_inverse=True)
+        thetas = torch.as_tensor(thetas_np)
+        sample_child = torch.as_tensor(child_index.ravel()[inverse.ravel()])
         buffers = dict(self.parent.named_buffers())
 
+        with torch.no_grad():
+            if len(thetas) * GROUP_MIN_SAMPLES <= len(X):
+                return self._predict_grouped(X, thetas, sample_child, buffers, batch_size)
+            return self._predict_vmap(X, thetas, sample_child, buffers, batch_size)
+
+    def _predict_grouped(self, X, thetas, sample_child, buffers, batch_size) -> np.ndarray:
+        outputs: torch.Tensor | None = None
+        for k, theta in enumerate(thetas):
+            rows = torch.nonzero(sample_child == k).ravel()
+            params = unflatten(theta, self.layout_)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                # (chunk, n_inputs) -> (chunk, n_outputs) with one child's weights
+                out = functional_call(self.parent, (params, buffers), (X[chunk],))
+                if outputs is None:
+                    outputs = torch.empty(len(X), out.shape[1], dtype=out.dtype)
+                outputs[chunk] = out
+        return outputs.numpy()
+
+    def _predict_vmap(self, X, thetas, sample_child, buffers, batch_size) -> np.ndarray:
         def run_one(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             params = unflatten(theta, self.layout_)
             return functional_call(self.parent, (params, buffers), (x[None],))[0]
 
         batched = vmap(run_one)
         outputs = []
-        with torch.no_grad():
-            for start in range(0, len(X), batch_size):
-                rows = slice(start, start + batch_size)
-                # (batch, n_parameters) weights and (batch, n_inputs) inputs -> (batch, n_outputs)
-                outputs.append(batched(thetas[inverse[rows]], X[rows]))
-        if not outputs:
-            return np.empty((0, 0), dtype=np.float32)
+        for start in range(0, len(X), batch_size):
+            rows = slice(start, start + batch_size)
+            # (batch, n_parameters) weights and (batch, n_inputs) inputs -> (batch, n_outputs)
+            outputs.append(batched(thetas[sample_child[rows]], X[rows]))
         return torch.cat(outputs).numpy()

@@ -68,7 +68,8 @@ class WeightRegressor(RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
         if X.shape[0] < 2:
             raise ValueError(
-                f"A weight regressor needs at least 2 subsets, got {X.shape[0]}; use more or smaller subsets."
+                f"A weight regressor needs at least 2 subsets (one sample each), got {X.shape[0]} sample; "
+                "use more or smaller subsets."
             )
 
         if self.method == "linear":
@@ -78,6 +79,11 @@ class WeightRegressor(RegressorMixin, BaseEstimator):
         self.pipeline_: Pipeline = make_pipeline(StandardScaler(), model).fit(X, y)
         self.alpha_ = float(model.alpha_) if self.method == "ridge" else None
         return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predict anomalies ``(n, n_parameters)`` (or ``(n,)`` if fitted on one column) at predictors ``X``."""
