@@ -1,5 +1,6 @@
 """Forgetful fine-tuning, the anomaly store, weight regressors and children."""
 
+from condupdate.update.align import align_to, canonicalize_signs, flip_hidden_units, permute_hidden_units
 from condupdate.update.anomalies import (
     anomalies_to_dataarray,
     anomaly_layout,
@@ -16,6 +17,10 @@ __all__ = [
     "REGRESSORS",
     "ConditionalUpdate",
     "WeightRegressor",
+    "align_to",
+    "canonicalize_signs",
+    "flip_hidden_units",
+    "permute_hidden_units",
     "anomalies_to_dataarray",
     "anomaly_layout",
     "load_anomalies",

@@ -104,8 +104,8 @@ def _find_sequential(model: nn.Module) -> nn.Sequential:
         return model
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.Sequential):
-        # The forward pass must be layers(x) for the alignment to keep the
-        # function, and only the parameters below .layers are touched.
+        # Only the parameters below .layers are touched, so the forward pass must be layers(x).
+        # NOTE: a forward that does more (a skip connection, say) is not detected.
         inside = {id(p) for p in layers.parameters()}
         outside = [name for name, p in model.named_parameters() if id(p) not in inside]
         if outside:
