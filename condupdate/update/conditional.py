@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from condupdate.emulators.training import TrainConfig, TrainHistory, train
 from condupdate.update.anomalies import anomalies_to_dataarray, predictor_matrix
-from condupdate.update.params import parameter_layout, parameter_vector, unflatten, with_parameters
 from condupdate.update.regressors import WeightRegressor
+from condupdate.update.spaces import AllParameters, ParameterSpace
 
 __all__ = ["ConditionalUpdate", "DEFAULT_FINETUNE"]
 
@@ -34,11 +34,13 @@ GROUP_MIN_SAMPLES = 16
 class ConditionalUpdate:
     """Adapt a parent network by regressing its fine-tuned weight anomalies on predictors.
 
-    Step 1, :meth:`fit_anomalies`: for each subset, fine-tune a fresh copy of the
-    parent with a fresh optimiser and record ``theta_k - theta0``. Step 2,
-    :meth:`fit_regressor`: fit the weight regressor on (subset predictor,
-    anomaly) pairs. Step 3, :meth:`child` or :meth:`predict`: evaluate the
-    regressor at application predictors and run the child ``theta0 + g(r*)``.
+    Step 1, :meth:`fit_anomalies`: for each subset (and each of ``members``
+    seeds), fine-tune a fresh copy of the parent with a fresh optimiser and record
+    ``theta_k - theta0`` in the moving parameters. Step 2, :meth:`fit_regressor`:
+    fit the weight regressor on (subset predictor, member-mean anomaly) pairs, and
+    one regressor per member when there are several. Step 3, :meth:`child`,
+    :meth:`predict` or :meth:`predict_ensemble`: evaluate the regressor at
+    application predictors and run the child ``theta0 + g(r*)``.
 
     Parameters
     ----------
@@ -49,15 +51,30 @@ class ConditionalUpdate:
         Maps ``(n_subsets, n_predictors)`` to ``(n_subsets, n_parameters)``;
         default ``WeightRegressor(method="ridge")``. It is cloned before fitting.
     finetune : TrainConfig, optional
-        Fine-tuning settings; default ``DEFAULT_FINETUNE``.
+        Fine-tuning settings; default ``DEFAULT_FINETUNE``. Member m uses seed
+        ``finetune.seed + m``.
+    space : ParameterSpace, optional
+        Which parameters move (all, a selection, low-rank adapters); default all.
+    members : int, default 1
+        Fine-tuning seeds per subset. With two or more, the anomaly store gains a
+        ``member`` dim and :meth:`signal_to_noise` measures fine-tuning noise.
+    snr_threshold : float, optional
+        With several members, only parameters whose signal-to-noise ratio is at
+        least this value are updated; the others keep the parent's values.
 
     Attributes
     ----------
     anomalies_ : xarray.DataArray
-        ``(subset, parameter)`` anomaly store with the predictors as coordinates.
+        ``(subset, parameter)`` anomaly store, or ``(member, subset, parameter)``,
+        with the predictors as coordinates.
     regressor_ : fitted regressor
+        Fitted on the member-mean anomalies of the updated parameters.
+    member_regressors_ : list of fitted regressors
+        One per member (empty with one member).
+    updated_ : numpy.ndarray of bool, shape (n_parameters,)
+        Parameters that the child updates.
     histories_ : dict of str to TrainHistory
-        Fine-tuning loss curves per subset.
+        Fine-tuning loss curves per subset (and member).
     """
 
     def __init__(
@@ -65,12 +82,21 @@ class ConditionalUpdate:
         parent: nn.Module,
         regressor: object | None = None,
         finetune: TrainConfig | None = None,
+        space: ParameterSpace | None = None,
+        members: int = 1,
+        snr_threshold: float | None = None,
     ) -> None:
+        if int(members) < 1:
+            raise ValueError(f"members must be at least 1, got {members!r}.")
         self.parent = copy.deepcopy(parent).eval()
         self.regressor = regressor if regressor is not None else WeightRegressor(method="ridge")
         self.finetune = finetune or DEFAULT_FINETUNE
-        self.theta0_ = parameter_vector(self.parent)
-        self.layout_ = parameter_layout(self.parent)
+        self.space = space if space is not None else AllParameters()
+        self.members = int(members)
+        self.snr_threshold = snr_threshold
+        self.base_ = self.space.prepare(self.parent)
+        self.theta0_ = self.space.vector(self.base_)
+        self.layout_ = self.space.layout(self.base_)
 
     # Step 1 ---------------------------------------------------------------
     def fit_anomalies(
@@ -79,7 +105,7 @@ class ConditionalUpdate:
         predictors: np.ndarray,
         predictor_names: Sequence[str] | None = None,
     ) -> ConditionalUpdate:
-        """Fine-tune one fresh parent copy per subset and store the anomalies.
+        """Fine-tune one fresh parent copy per subset and member, and store the anomalies.
 
         Parameters
         ----------
@@ -95,38 +121,94 @@ class ConditionalUpdate:
         if len(names) != predictors.shape[1]:
             raise ValueError(f"Got {len(names)} predictor names for {predictors.shape[1]} predictor columns.")
 
-        rows, self.histories_ = [], {}
-        for label, X, y in tqdm(subsets, desc="fine-tuning subsets", disable=not self.finetune.progress):
+        self.histories_: dict[str, TrainHistory] = {}
+        per_member = []
+        units = [(m, label, X, y) for m in range(self.members) for label, X, y in subsets]
+        rows = []
+        for member, label, X, y in tqdm(units, desc="fine-tuning", disable=not self.finetune.progress):
             # A fresh copy and a fresh optimiser per subset, so each anomaly describes
-            # its subset alone and not the order in which subsets were visited. All
-            # subsets share one seed: the shared batch-order noise then largely
-            # cancels between anomalies instead of adding to their differences.
-            model = copy.deepcopy(self.parent)
-            self.histories_[label] = train(model, X, y, self.finetune, description=f"fine-tune {label}")
-            rows.append((parameter_vector(model) - self.theta0_).numpy())
-            logger.info("fine-tuned subset %s on %d samples", label, len(X))
+            # its subset alone and not the order in which subsets were visited. The
+            # subsets of one member share one seed: the shared batch-order noise then
+            # largely cancels between anomalies instead of adding to their differences.
+            model = copy.deepcopy(self.base_)
+            config = self.finetune.replace(seed=self.finetune.seed + member)
+            key = label if self.members == 1 else f"{label}/member {member}"
+            self.histories_[key] = train(model, X, y, config, description=f"fine-tune {key}")
+            rows.append((self.space.vector(model) - self.theta0_).numpy())
+            logger.info("fine-tuned subset %s (member %d) on %d samples", label, member, len(X))
+            if len(rows) == len(subsets):
+                per_member.append(
+                    anomalies_to_dataarray(np.stack(rows), [s[0] for s in subsets], predictors, names, self.layout_)
+                )
+                rows = []
 
-        self.anomalies_ = anomalies_to_dataarray(
-            np.stack(rows), [s[0] for s in subsets], predictors, names, self.layout_
-        )
+        if self.members == 1:
+            self.anomalies_ = per_member[0]
+        else:
+            self.anomalies_ = xr.concat(per_member, dim="member").assign_coords(member=np.arange(self.members))
         return self
 
     def set_anomalies(self, anomalies: xr.DataArray) -> ConditionalUpdate:
         """Use a stored anomaly DataArray (for example from :func:`load_anomalies`) instead of fine-tuning."""
         if anomalies.sizes["parameter"] != self.theta0_.numel():
             raise ValueError(
-                f"Anomaly store has {anomalies.sizes['parameter']} parameters; the parent has {self.theta0_.numel()}."
+                f"Anomaly store has {anomalies.sizes['parameter']} parameters; the parent has {self.theta0_.numel()} "
+                f"moving parameters in {type(self.space).__name__}."
             )
         self.anomalies_ = anomalies
         return self
 
+    def mean_anomalies(self) -> xr.DataArray:
+        """Return the anomalies averaged over members, ``(subset, parameter)``."""
+        self._check_anomalies()
+        if "member" in self.anomalies_.dims:
+            return self.anomalies_.mean("member", keep_attrs=True)
+        return self.anomalies_
+
+    def signal_to_noise(self) -> xr.DataArray:
+        """Signal-to-noise ratio of each parameter's anomaly across subsets.
+
+        Signal is the variance across subsets of the member means; noise is the
+        mean over subsets of the variance across members (both with ddof=1), so a
+        ratio near 1 or below means the subsets differ no more than fine-tuning
+        seeds do. Needs at least two members. Parameters whose anomaly never varies
+        get a ratio of 0.
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``(parameter,)``, with the ``tensor`` coordinate of the store.
+        """
+        self._check_anomalies()
+        if "member" not in self.anomalies_.dims or self.anomalies_.sizes["member"] < 2:
+            raise ValueError("The signal-to-noise ratio needs anomalies from at least 2 members; set members >= 2.")
+        signal = self.anomalies_.mean("member").var("subset", ddof=1)
+        noise = self.anomalies_.var("member", ddof=1).mean("subset")
+        ratio = xr.where(noise > 0, signal / noise.where(noise > 0), np.where(signal > 0, np.inf, 0.0))
+        return ratio.rename("signal_to_noise").assign_attrs(units="1", long_name="anomaly signal-to-noise ratio")
+
+    def _check_anomalies(self) -> None:
+        if not hasattr(self, "anomalies_"):
+            raise RuntimeError("No anomalies yet; call fit_anomalies() or set_anomalies() first.")
+
     # Step 2 ---------------------------------------------------------------
     def fit_regressor(self) -> ConditionalUpdate:
         """Fit the weight regressor on the stored (predictor, anomaly) pairs."""
-        if not hasattr(self, "anomalies_"):
-            raise RuntimeError("No anomalies yet; call fit_anomalies() or set_anomalies() first.")
+        self._check_anomalies()
         X = predictor_matrix(self.anomalies_)
-        self.regressor_ = clone(self.regressor).fit(X, self.anomalies_.values)
+        updated = np.ones(self.anomalies_.sizes["parameter"], dtype=bool)
+        if self.snr_threshold is not None:
+            updated = np.asarray(self.signal_to_noise().values >= self.snr_threshold)
+            logger.info("updating %d of %d parameters (signal-to-noise >= %g)", updated.sum(), updated.size, self.snr_threshold)
+        self.updated_ = updated
+
+        self.regressor_ = clone(self.regressor).fit(X, self.mean_anomalies().values[:, updated])
+        self.member_regressors_ = []
+        if "member" in self.anomalies_.dims:
+            self.member_regressors_ = [
+                clone(self.regressor).fit(X, self.anomalies_.isel(member=m).values[:, updated])
+                for m in range(self.anomalies_.sizes["member"])
+            ]
         self.train_predictors_ = X
         return self
 
@@ -140,20 +222,53 @@ class ConditionalUpdate:
         return self.fit_anomalies(subsets, predictors, predictor_names).fit_regressor()
 
     # Step 3 ---------------------------------------------------------------
-    def predict_anomaly(self, predictors: np.ndarray) -> np.ndarray:
-        """Return predicted anomalies ``(n, n_parameters)`` at predictors ``(n, n_predictors)``."""
+    def _predictors(self, predictors: np.ndarray) -> np.ndarray:
         if not hasattr(self, "regressor_"):
             raise RuntimeError("The weight regressor is not fitted; call fit() or fit_regressor() first.")
         predictors = np.asarray(predictors, dtype="float64")
-        predictors = predictors.reshape(-1, self.train_predictors_.shape[1])
-        return np.asarray(self.regressor_.predict(predictors)).reshape(len(predictors), -1)
+        return predictors.reshape(-1, self.train_predictors_.shape[1])
 
-    def child(self, predictor: np.ndarray | Sequence[float] | float) -> nn.Module:
+    def _scatter(self, updated_values: np.ndarray) -> np.ndarray:
+        # (..., n_updated) -> (..., n_parameters), zeros for parameters kept at the parent's values.
+        out = np.zeros(updated_values.shape[:-1] + (self.updated_.size,))
+        out[..., self.updated_] = updated_values
+        return out
+
+    def predict_anomaly(self, predictors: np.ndarray, member: int | None = None) -> np.ndarray:
+        """Return predicted anomalies ``(n, n_parameters)`` at predictors ``(n, n_predictors)``.
+
+        ``member`` selects the regressor fitted on one member's anomalies.
+        """
+        predictors = self._predictors(predictors)
+        regressor = self.regressor_ if member is None else self.member_regressors_[member]
+        values = np.asarray(regressor.predict(predictors)).reshape(len(predictors), -1)
+        return self._scatter(values)
+
+    def sample_anomalies(self, predictors: np.ndarray, n_samples: int, random_state: int | None = None) -> np.ndarray:
+        """Draw anomalies ``(n_samples, n, n_parameters)`` from the regressor's posterior.
+
+        Needs a regressor with a ``sample`` method (Bayesian ridge, Gaussian process).
+        """
+        predictors = self._predictors(predictors)
+        if not hasattr(self.regressor_, "sample"):
+            raise TypeError(
+                f"Regressor {type(self.regressor_).__name__} has no posterior samples; use bayesian_ridge or gp, "
+                "or build the ensemble from members."
+            )
+        draws = np.asarray(self.regressor_.sample(predictors, n_samples, random_state=random_state))
+        return self._scatter(draws.reshape(n_samples, len(predictors), -1))
+
+    def child(self, predictor: np.ndarray | Sequence[float] | float, member: int | None = None) -> nn.Module:
         """Build the child network ``theta0 + g(predictor)`` for one predictor value (or vector)."""
-        delta = torch.as_tensor(self.predict_anomaly(np.atleast_1d(predictor))[0], dtype=self.theta0_.dtype)
-        return with_parameters(self.parent, self.theta0_ + delta)
+        delta = torch.as_tensor(self.predict_anomaly(np.atleast_1d(predictor), member)[0], dtype=self.theta0_.dtype)
+        child = copy.deepcopy(self.parent)
+        params = self.space.full_parameters(self.base_, self.theta0_ + delta)
+        with torch.no_grad():
+            for name, p in child.named_parameters():
+                p.copy_(params[name])
+        return child.eval()
 
-    def predict(self, X: np.ndarray, predictors: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    def predict(self, X: np.ndarray, predictors: np.ndarray, batch_size: int = 4096, member: int | None = None) -> np.ndarray:
         """Predict with per-sample children, ``theta0 + g(predictor_i)`` for sample i.
 
         Samples whose predicted weights are identical share one child. When there
@@ -171,11 +286,47 @@ class ConditionalUpdate:
         batch_size : int
             Samples per forward call; in the vmap path memory grows as
             ``batch_size * n_parameters``.
+        member : int, optional
+            Use the regressor of one fine-tuning member.
 
         Returns
         -------
         numpy.ndarray, shape (n_samples, n_outputs)
         """
+        return self._run(X, predictors, lambda P: self.predict_anomaly(P, member), batch_size)
+
+    def predict_ensemble(
+        self,
+        X: np.ndarray,
+        predictors: np.ndarray,
+        source: str = "members",
+        n_samples: int = 10,
+        random_state: int | None = 0,
+        batch_size: int = 4096,
+    ) -> np.ndarray:
+        """Predict with an ensemble of children, ``(n_members, n_samples, n_outputs)``.
+
+        ``source="members"`` uses one child per fine-tuning member;
+        ``source="posterior"`` draws ``n_samples`` anomaly sets from the
+        regressor's posterior (seeded by ``random_state``).
+        """
+        if source == "members":
+            if not self.member_regressors_:
+                raise ValueError("A member ensemble needs members >= 2 when fitting.")
+            return np.stack([self.predict(X, predictors, batch_size, member=m) for m in range(len(self.member_regressors_))])
+        if source == "posterior":
+            P = np.asarray(predictors, dtype="float64").reshape(len(X), -1)
+            unique = np.unique(P, axis=0)
+            draws = self.sample_anomalies(unique, n_samples, random_state)  # (n_samples, n_unique, n_parameters)
+            out = []
+            for k in range(n_samples):
+                # _run finds the same distinct predictors (np.unique of the same P), so
+                # draw k gives one child per distinct predictor in the same order.
+                out.append(self._run(X, P, lambda _, d=draws[k]: d, batch_size))
+            return np.stack(out)
+        raise ValueError(f"Unknown ensemble source {source!r}; choose 'members' or 'posterior'.")
+
+    def _run(self, X: np.ndarray, predictors: np.ndarray, anomaly_fn, batch_size: int) -> np.ndarray:
         X = torch.as_tensor(np.asarray(X, dtype=np.float32))
         if len(X) == 0:
             with torch.no_grad():
@@ -185,7 +336,7 @@ class ConditionalUpdate:
         # Distinct predictors, then distinct weight vectors: a zero anomaly maps every
         # predictor to theta0 itself.
         unique, inverse = np.unique(predictors, axis=0, return_inverse=True)
-        thetas = self.theta0_ + torch.as_tensor(self.predict_anomaly(unique), dtype=self.theta0_.dtype)
+        thetas = self.theta0_ + torch.as_tensor(anomaly_fn(unique), dtype=self.theta0_.dtype)
         thetas_np, child_index = np.unique(thetas.numpy(), axis=0, return_inverse=True)
         thetas = torch.as_tensor(thetas_np)
         sample_child = torch.as_tensor(child_index.ravel()[inverse.ravel()])
@@ -200,7 +351,7 @@ class ConditionalUpdate:
         outputs: torch.Tensor | None = None
         for k, theta in enumerate(thetas):
             rows = torch.nonzero(sample_child == k).ravel()
-            params = unflatten(theta, self.layout_)
+            params = self.space.full_parameters(self.base_, theta)
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 # (chunk, n_inputs) -> (chunk, n_outputs) with one child's weights
@@ -212,7 +363,7 @@ class ConditionalUpdate:
 
     def _predict_vmap(self, X, thetas, sample_child, buffers, batch_size) -> np.ndarray:
         def run_one(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            params = unflatten(theta, self.layout_)
+            params = self.space.full_parameters(self.base_, theta)
             return functional_call(self.parent, (params, buffers), (x[None],))[0]
 
         batched = vmap(run_one)
@@ -222,3 +373,4 @@ class ConditionalUpdate:
             # (batch, n_parameters) weights and (batch, n_inputs) inputs -> (batch, n_outputs)
             outputs.append(batched(thetas[sample_child[rows]], X[rows]))
         return torch.cat(outputs).numpy()
+
