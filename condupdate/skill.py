@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,10 @@ from condupdate._io import atomic_path
 __all__ = [
     "PatternScaling",
     "bias",
+    "crps_ensemble",
+    "ensemble_skill_table",
     "extrapolation_distance",
+    "spread_skill_ratio",
     "latitude_weights",
     "mae",
     "rmse",
@@ -42,6 +45,7 @@ _SKILL_LONG_NAMES = {
     "rmse": "root-mean-square error",
     "mae": "mean absolute error",
     "bias": "mean error (prediction minus truth)",
+    "crps": "continuous ranked probability score",
 }
 
 
@@ -663,8 +667,110 @@ def skill_table(
     return table
 
 
-def write_skill_csv(table: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write a skill table as CSV with columns ``method,rmse,mae,bias``.
+def _crps_kernel(truth: np.ndarray, ensemble: np.ndarray) -> np.ndarray:
+    import properscoring
+
+    # properscoring returns NaN-free scores only for finite input; mark missing cells.
+    valid = np.isfinite(truth) & np.isfinite(ensemble).all(-1)
+    out = np.full(truth.shape, np.nan)
+    out[valid] = properscoring.crps_ensemble(truth[valid], ensemble[valid], axis=-1)
+    return out
+
+
+def crps_ensemble(
+    ensemble: xr.DataArray,
+    truth: xr.DataArray,
+    dim: str | Iterable[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = "member",
+) -> xr.DataArray:
+    """Continuous ranked probability score of an ensemble, averaged over ``dim``.
+
+    The score of each cell comes from ``properscoring.crps_ensemble`` (the
+    empirical ensemble distribution); cells where the truth or any member is NaN
+    are left out of the mean. For a one-member ensemble it equals the MAE.
+
+    Parameters
+    ----------
+    ensemble : xarray.DataArray
+        Predictions with a ``member_dim``, for example (member, time, lat, lon) [K].
+    truth : xarray.DataArray
+        The same field without ``member_dim``.
+    dim, weights
+        As in :func:`rmse`.
+
+    Returns
+    -------
+    xarray.DataArray
+        In the units of ``truth``.
+    """
+    if member_dim not in ensemble.dims:
+        raise DataError(f"Ensemble has no {member_dim!r} dim; it has {list(ensemble.dims)}.")
+    ensemble, truth = xr.align(ensemble, truth, join="exact")
+    cell = xr.apply_ufunc(
+        _crps_kernel,
+        truth,
+        ensemble,
+        input_core_dims=[[], [member_dim]],
+        dask="parallelized",
+        output_dtypes=[float],
+    )
+    reduce = _dims_list(dim) if dim is not None else list(cell.dims)
+    score = cell.weighted(weights.fillna(0)).mean(reduce, skipna=True) if weights is not None else cell.mean(reduce)
+    return _label(score.rename("crps"), "crps", truth)
+
+
+def spread_skill_ratio(
+    ensemble: xr.DataArray,
+    truth: xr.DataArray,
+    dim: str | Iterable[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = "member",
+) -> xr.DataArray:
+    """Ensemble spread over the RMSE of the ensemble mean; 1 for a reliable ensemble.
+
+    Spread is the square root of the mean ensemble variance (ddof=1), scaled by
+    ``sqrt((M + 1) / M)`` for M members: when truth and members are drawn from one
+    distribution of variance s^2, the ensemble mean misses the truth by
+    ``s^2 (1 + 1/M)`` in mean square, so the scaled spread then equals the RMSE.
+    Below 1 the ensemble is overconfident, above 1 underconfident.
+    """
+    if member_dim not in ensemble.dims:
+        raise DataError(f"Ensemble has no {member_dim!r} dim; it has {list(ensemble.dims)}.")
+    n_members = ensemble.sizes[member_dim]
+    if n_members < 2:
+        raise DataError(f"The spread-skill ratio needs at least 2 members, got {n_members}.")
+    mean = ensemble.mean(member_dim)
+    variance = ensemble.var(member_dim, ddof=1).where(truth.notnull())
+    reduce = _dims_list(dim) if dim is not None else list(variance.dims)
+    if weights is not None:
+        mean_variance = variance.weighted(weights.fillna(0)).mean(reduce, skipna=True)
+    else:
+        mean_variance = variance.mean(reduce)
+    spread = np.sqrt(mean_variance * (n_members + 1) / n_members)
+    ratio = spread / rmse(mean, truth, dim=dim, weights=weights)
+    return ratio.rename("spread_skill_ratio").assign_attrs(units="1", long_name="spread-skill ratio")
+
+
+def ensemble_skill_table(
+    truth: xr.DataArray,
+    ensembles: Mapping[str, xr.DataArray],
+    dim: str | Iterable[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = "member",
+) -> xr.Dataset:
+    """RMSE of the ensemble mean, CRPS and spread-skill ratio of each ensemble, on dim ``method``."""
+    rows = {"rmse": [], "crps": [], "spread_skill_ratio": []}
+    for ensemble in ensembles.values():
+        rows["rmse"].append(rmse(ensemble.mean(member_dim), truth, dim=dim, weights=weights))
+        rows["crps"].append(crps_ensemble(ensemble, truth, dim=dim, weights=weights, member_dim=member_dim))
+        rows["spread_skill_ratio"].append(spread_skill_ratio(ensemble, truth, dim=dim, weights=weights, member_dim=member_dim))
+    methods = xr.DataArray(list(ensembles), dims="method", name="method")
+    return xr.Dataset({k: xr.concat(v, dim=methods, combine_attrs="override") for k, v in rows.items()})
+
+
+def write_skill_csv(table: xr.Dataset, path: str | os.PathLike, columns: Sequence[str] = _SKILL_COLUMNS) -> Path:
+    """Write a skill table as CSV with columns ``method`` and ``columns`` (default ``rmse,mae,bias``).
 
     The file is written atomically, so an interrupted run leaves any earlier
     file in place. Lazy tables are computed here. Values have 6 significant
@@ -676,16 +782,18 @@ def write_skill_csv(table: xr.Dataset, path: str | os.PathLike) -> Path:
         Output of :func:`skill_table` reduced to the single dim ``method``.
     path : str or os.PathLike
         Destination file.
+    columns : sequence of str
+        Data variables of ``table`` to write, in order.
 
     Returns
     -------
     pathlib.Path
         The path written.
     """
-    missing = [name for name in _SKILL_COLUMNS if name not in table.data_vars]
+    missing = [name for name in columns if name not in table.data_vars]
     if missing:
         raise DataError(f"table is missing the data variables {missing}. Build it with skill_table.")
-    for name in _SKILL_COLUMNS:
+    for name in columns:
         if table[name].dims != ("method",):
             raise DataError(
                 f"table[{name!r}] has dims {list(table[name].dims)} but a CSV row needs one value per "
@@ -693,12 +801,13 @@ def write_skill_csv(table: xr.Dataset, path: str | os.PathLike) -> Path:
             )
 
     # One compute for all columns, so a lazy table evaluates the shared errors once.
-    computed = table[list(_SKILL_COLUMNS)].compute()
-    values = {name: computed[name].values for name in _SKILL_COLUMNS}
+    columns = list(columns)
+    computed = table[columns].compute()
+    values = {name: computed[name].values for name in columns}
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(["method", *_SKILL_COLUMNS])
+        writer.writerow(["method", *columns])
         for row, method in enumerate(computed["method"].values):
-            writer.writerow([str(method), *(f"{values[name][row]:.6g}" for name in _SKILL_COLUMNS)])
+            writer.writerow([str(method), *(f"{values[name][row]:.6g}" for name in columns)])
     return path

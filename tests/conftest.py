@@ -9,6 +9,11 @@ from typing import Any
 import dask
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
+
+# The tests use small matrices, where BLAS threads gain nothing and contend with
+# torch's threads for the cores; one BLAS thread keeps the suite's run time steady.
+_BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
 import xarray as xr
 
 # Grid-cell centres [degrees], a 6 x 8 grid that avoids the poles.

@@ -38,7 +38,7 @@ def test_demo_quick_writes_skill_csv(quick_demo):
 
 def test_demo_quick_writes_results(quick_demo):
     _, out = quick_demo
-    for name in ("anomalies.nc", "predictions.nc", "config.yaml", "model/parent.pt", "error_vs_distance.png", "error_maps.png"):
+    for name in ("anomalies.nc", "predictions.nc", "config.yaml", "model/weights.pt", "model/metadata.json", "error_vs_distance.png", "error_maps.png"):
         assert (out / name).stat().st_size > 0, name
 
 

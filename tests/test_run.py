@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 from pathlib import Path
 
@@ -24,7 +26,9 @@ TRAIN_STEPS = 30  # 1860-1889 of the 40 years in the test files
 
 
 def _load_model(out_dir: Path) -> dict:
-    return torch.load(out_dir / "model" / "parent.pt", weights_only=True)
+    # The bundle's metadata holds the normalisers; the weights load without code.
+    torch.load(out_dir / "model" / "weights.pt", weights_only=True)
+    return json.loads((out_dir / "model" / "metadata.json").read_text())
 
 
 def _fit_input_normalizer(prep) -> Normalizer:
@@ -65,7 +69,7 @@ def test_config_unknown_key_raises(run_config, tmp_path):
     ("section", "key", "value", "pattern"),
     [
         ("subsets", "method", "decadal", r"subsets\.method: .*\(got 'decadal'\)"),
-        ("regressor", "method", "lasso", r"regressor\.method: .*\(got 'lasso'\)"),
+        ("regressor", "method", "lasso", r"regressor: .*Unknown weight regressor method 'lasso'"),
         ("emulator", "width", -4, r"emulator\.width: .*\(got -4\)"),
         ("subsets", "size", 0, r"subsets\.size: .*\(got 0\)"),
         ("training", "learning_rate", -0.01, r"training\.learning_rate: .*\(got -0\.01\)"),
@@ -269,7 +273,7 @@ def test_run_input_normalizer_ignores_masked_cells(masked_run):
 def test_run_training_losses_finite(masked_run):
     _, result, out = masked_run
 
-    history = _load_model(out)["parent_history"]
+    history = json.loads((out / "training_history.json").read_text())["parent"]
 
     assert len(history["train_loss"]) >= 1
     assert np.isfinite(history["train_loss"]).all()

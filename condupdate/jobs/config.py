@@ -123,7 +123,33 @@ class FinetuneSpec(TrainingSpec):
 
 
 class RegressorSpec(_Strict):
-    method: Literal["linear", "ridge"] = "ridge"
+    method: str = "ridge"  # one of condupdate.update.REGRESSORS
+    params: dict[str, Any] = {}  # keyword arguments of that regressor, e.g. {degree: 2} for polynomial
+
+    @model_validator(mode="after")
+    def _known_regressor(self) -> RegressorSpec:
+        from condupdate.update.regressors import make_regressor
+
+        make_regressor(self.method, **self.params)
+        return self
+
+
+class UpdateSpec(_Strict):
+    parameters: Literal["all", "biases", "last_layers", "lora"] = "all"  # which parameters move
+    n_layers: Annotated[int, Field(ge=1)] = 1  # last_layers: how many layers with parameters move
+    rank: Annotated[int, Field(ge=1)] = 2  # lora: adapter rank
+    members: Annotated[int, Field(ge=1)] = 1  # fine-tuning seeds per subset
+    snr_threshold: Annotated[float, Field(ge=0)] | None = None  # update only parameters with this signal-to-noise or more
+    ensemble: Literal["none", "members", "posterior"] = "none"  # child ensemble written beside the child
+    n_samples: Annotated[int, Field(ge=2)] = 10  # posterior ensemble size
+
+    @model_validator(mode="after")
+    def _needs_members(self) -> UpdateSpec:
+        if self.ensemble == "members" and self.members < 2:
+            raise ValueError(f"ensemble 'members' needs members >= 2, got members={self.members}")
+        if self.snr_threshold is not None and self.members < 2:
+            raise ValueError(f"snr_threshold needs members >= 2 to measure noise, got members={self.members}")
+        return self
 
 
 class RunConfig(_Strict):
@@ -138,6 +164,7 @@ class RunConfig(_Strict):
     training: TrainingSpec = TrainingSpec()
     finetune: FinetuneSpec = FinetuneSpec()
     regressor: RegressorSpec = RegressorSpec()
+    update: UpdateSpec = UpdateSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -150,6 +177,14 @@ class RunConfig(_Strict):
         for spec in self.predictors:
             if spec.input is not None and spec.input not in names:
                 raise ValueError(f"predictor input {spec.input!r} is not among data.inputs {names}")
+        if self.update.ensemble == "posterior":
+            from condupdate.update.regressors import make_regressor
+
+            if not hasattr(make_regressor(self.regressor.method, **self.regressor.params), "sample"):
+                raise ValueError(
+                    f"ensemble 'posterior' needs a regressor with posterior samples (bayesian_ridge, gp), "
+                    f"got {self.regressor.method!r}"
+                )
         if self.split.dim not in self.data.sample_dims:
             raise ValueError(f"split.dim {self.split.dim!r} must be one of data.sample_dims {self.data.sample_dims}")
         if not self.split.labels:

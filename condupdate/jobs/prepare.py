@@ -12,7 +12,7 @@ from condupdate._errors import DataError
 from condupdate.data import open_dataset, select
 from condupdate.jobs.config import PredictorSpec, RunConfig, resolve_path
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["Prepared", "build_inputs", "per_sample", "prepare", "training_climatology"]
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Prepared:
     targets: list[str]
     predictors: list[str]
     subsets: xr.DataArray  # subset label of each training sample, along some sample dims
+    climatology: xr.Dataset  # training_mean inputs, computed from the training selection
 
 
 def _open(config: RunConfig) -> xr.Dataset:
@@ -45,20 +46,63 @@ def _open(config: RunConfig) -> xr.Dataset:
     return ds
 
 
-def _feature(ds: xr.Dataset, train: xr.Dataset, spec, split_dim: str) -> xr.DataArray:
+def training_climatology(train: xr.Dataset, config: RunConfig) -> xr.Dataset:
+    """Compute the ``training_mean`` inputs: means over the split dim of the training selection.
+
+    The result is computed (it is small: one field without the split dim) and is
+    stored with a saved model, so new data are described with the statistics of
+    the training selection, never with their own.
+    """
+    fields = {}
+    for spec in config.data.inputs:
+        if spec.transform != "training_mean":
+            continue
+        if spec.variable not in train.data_vars:
+            raise DataError(f"Input {spec.name!r}: variable {spec.variable!r} not found; the files contain {sorted(map(str, train.data_vars))}.")
+        field = train[spec.variable]
+        fields[spec.name] = field.mean(config.split.dim, skipna=True).assign_attrs(field.attrs).reset_coords(drop=True)
+    return xr.Dataset(fields).compute()
+
+
+def _feature(ds: xr.Dataset, climatology: xr.Dataset, spec) -> xr.DataArray:
     if spec.coordinate is not None:
         if spec.coordinate not in ds.coords:
             raise DataError(f"Input {spec.name!r}: coordinate {spec.coordinate!r} not found; the files have {sorted(map(str, ds.coords))}.")
         return regimes.coordinate_predictor(ds, spec.coordinate)
+    if spec.transform == "training_mean":
+        field = climatology[spec.name]
+        try:
+            xr.align(field, ds, join="exact", exclude=[d for d in ds.dims if d not in field.dims])
+        except ValueError as err:
+            raise DataError(
+                f"Input {spec.name!r}: the training climatology of {spec.variable!r} is on other "
+                f"coordinates than the data ({err}); use data on the training grid."
+            ) from err
+        return field
     if spec.variable not in ds.data_vars:
-        raise DataError(f"Input {spec.name!r}: variable {spec.variable!r} not found; the files hold {sorted(map(str, ds.data_vars))}.")
+        raise DataError(f"Input {spec.name!r}: variable {spec.variable!r} not found; the files contain {sorted(map(str, ds.data_vars))}.")
     field = ds[spec.variable]
     if spec.transform == "domain_mean":
         return regimes.domain_mean(field)
-    if spec.transform == "training_mean":
-        # A climatology of the training selection only: the same at every step of split_dim.
-        return train[spec.variable].mean(split_dim, skipna=True).assign_attrs(field.attrs)
     return field
+
+
+def build_inputs(ds: xr.Dataset, config: RunConfig, climatology: xr.Dataset) -> xr.Dataset:
+    """Build every input and predictor of ``config`` from ``ds``; no target is read.
+
+    Returns a Dataset with one variable per entry of ``data.inputs`` and one
+    ``predictor:NAME`` variable per predictor, on the dims and coordinates of ``ds``.
+    """
+    features = xr.Dataset({spec.name: _feature(ds, climatology, spec) for spec in config.data.inputs})
+    predictors = {
+        f"predictor:{spec.name}": _predictor(ds, features, spec).reset_coords(drop=True) for spec in config.predictors
+    }
+    for name, values in predictors.items():
+        extra = [d for d in values.dims if d not in config.data.sample_dims]
+        if extra:
+            raise DataError(f"Predictor {name.split(':', 1)[1]!r} has dimensions {extra} outside data.sample_dims.")
+    inputs = xr.merge([features, xr.Dataset(predictors)], compat="override", join="left").drop_attrs()
+    return inputs.assign_coords({d: ds[d] for d in config.data.sample_dims if d in ds.coords})
 
 
 def _predictor(ds: xr.Dataset, features: xr.Dataset, spec: PredictorSpec) -> xr.DataArray:
@@ -82,30 +126,22 @@ def prepare(config: RunConfig) -> Prepared:
     ds = _open(config)
     split = config.split
     train_raw = select(ds, split.dim, split.train if split.labels else tuple(split.train))
-    apply_raw = select(ds, split.dim, split.apply if split.labels else tuple(split.apply))
 
-    features = xr.Dataset({spec.name: _feature(ds, train_raw, spec, split.dim) for spec in config.data.inputs})
-    predictor_names = [spec.name for spec in config.predictors]
-    predictors = {
-        f"predictor:{spec.name}": _predictor(ds, features, spec).reset_coords(drop=True) for spec in config.predictors
-    }
-    for name, values in predictors.items():
-        extra = [d for d in values.dims if d not in config.data.sample_dims]
-        if extra:
-            raise DataError(f"Predictor {name.split(':', 1)[1]!r} has dimensions {extra} outside data.sample_dims.")
-
-    combined = xr.merge(
-        [features, ds[config.data.targets], xr.Dataset(predictors)], compat="override", join="left"
-    ).drop_attrs()
+    climatology = training_climatology(train_raw, config)
+    inputs = build_inputs(ds, config, climatology)
+    combined = xr.merge([inputs, ds[config.data.targets]], compat="override", join="left").drop_attrs()
     combined = combined.assign_coords({d: ds[d] for d in config.data.sample_dims if d in ds.coords})
     for name in config.data.targets:
         combined[name].attrs = ds[name].attrs
     train = select(combined, split.dim, split.train if split.labels else tuple(split.train))
     apply = select(combined, split.dim, split.apply if split.labels else tuple(split.apply))
 
+    predictor_names = [spec.name for spec in config.predictors]
     subsets = _subsets(config, train, f"predictor:{predictor_names[0]}")
     feature_names = [s.name for s in config.data.inputs if s.feature]
-    return Prepared(config, ds, train, apply, feature_names, list(config.data.targets), predictor_names, subsets)
+    return Prepared(
+        config, ds, train, apply, feature_names, list(config.data.targets), predictor_names, subsets, climatology
+    )
 
 
 def _subsets(config: RunConfig, train: xr.Dataset, first_predictor: str) -> xr.DataArray:

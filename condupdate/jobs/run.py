@@ -16,17 +16,20 @@ import yaml
 from condupdate import plot, skill
 from condupdate._errors import DataError
 from condupdate._io import atomic_path, prepare_output_dir
-from condupdate.data import Normalizer, stack_samples
+from condupdate.data import Normalizer, select, stack_samples
 from condupdate.emulators import MLP, TrainConfig, train
+from condupdate.bundle import AdaptedEmulator, fingerprint, save
 from condupdate.jobs.config import RunConfig
 from condupdate.jobs.prepare import Prepared, per_sample, prepare
-from condupdate.update import ConditionalUpdate, WeightRegressor, save_anomalies
+from condupdate.update import ConditionalUpdate, save_anomalies
+from condupdate.update.regressors import make_regressor
+from condupdate.update.spaces import make_space
 
 __all__ = ["RunResult", "run", "METHODS"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("parent", "child", "pattern_scaling")
+METHODS = ("parent", "child", "pattern_scaling", "child_ensemble")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class RunResult:
     predictions: dict[str, xr.Dataset]  # per target: truth and one variable per method
     distance: xr.DataArray  # extrapolation distance of the application predictors
     update: ConditionalUpdate
+    emulator: AdaptedEmulator  # what `condupdate.save` writes and `.predict(ds)` uses
+    ensemble_skill: dict[str, xr.Dataset] = field(default_factory=dict)  # per target: rmse, crps, spread_skill_ratio
     out_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -107,32 +112,40 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     for label in dict.fromkeys(labels[valid]):
         rows = labels[valid] == label
         subset_rows.append((str(label), Xn[rows], Yn[rows], P_train[valid][rows].mean(0)))
+    spec = config.update
     update = ConditionalUpdate(
         parent,
-        WeightRegressor(method=config.regressor.method),
+        make_regressor(config.regressor.method, **config.regressor.params),
         _train_config(config.finetune, progress),
+        space=make_space(spec.parameters, n_layers=spec.n_layers, rank=spec.rank, seed=config.finetune.seed),
+        members=spec.members,
+        snr_threshold=spec.snr_threshold,
     ).fit(
         [(label, X, Y) for label, X, Y, _ in subset_rows],
         np.stack([p for *_, p in subset_rows]),
         prep.predictors,
     )
+    variables = {name: dict(prep.dataset[name].attrs) for name in _input_variables(config) + prep.targets}
+    adapted = AdaptedEmulator(
+        config, update, x_norm, y_norm, prep.climatology, variables, fingerprint(X_train[valid], Y_train[valid])
+    )
     timings["finetune_s"] = time.perf_counter() - tic
 
-    # Phase 4: predict the application selection with parent, child and pattern scaling.
+    # Phase 4: predict the application selection from its inputs alone, with parent,
+    # child (and child ensemble) and pattern scaling.
     tic = time.perf_counter()
-    X_apply_da, X_apply, _, P_apply = _matrices(prep, prep.apply)
-    ok = np.isfinite(X_apply).all(1) & np.isfinite(P_apply).all(1)
-    Xa = torch.as_tensor(x_norm.transform(X_apply[ok]), dtype=torch.float32)
-    with torch.no_grad():
-        parent_out = y_norm.inverse_transform(parent(Xa).numpy().astype("float64"))
-    child_out = y_norm.inverse_transform(update.predict(Xa.numpy(), P_apply[ok]).astype("float64"))
+    split = config.split
+    apply_raw = select(prep.dataset, split.dim, split.apply if split.labels else tuple(split.apply))
+    outputs = {"parent": adapted.predict(apply_raw, method="parent"), "child": adapted.predict(apply_raw)}
+    if spec.ensemble != "none":
+        outputs["child_ensemble"] = adapted.predict(apply_raw, ensemble=spec.ensemble, n_samples=spec.n_samples)
 
     predictions = {}
-    for j, target in enumerate(prep.targets):
+    for target in prep.targets:
         truth = prep.apply[target]
         ds = xr.Dataset({"truth": truth})
-        for method, values in (("parent", parent_out), ("child", child_out)):
-            ds[method] = _unstack(values[:, j], ok, X_apply_da, truth)
+        for method, values in outputs.items():
+            ds[method] = values[target].transpose(..., *truth.dims).assign_coords({d: truth[d] for d in truth.dims})
         baseline = _pattern_scaling(prep, target)
         if baseline is not None:
             ds["pattern_scaling"] = baseline
@@ -143,26 +156,20 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     first = f"predictor:{prep.predictors[0]}"
     distance = skill.extrapolation_distance(prep.apply[first], prep.train[first]).compute()
     distance.name = "extrapolation_distance"
-    scores = {}
+    scores, ensemble_scores = {}, {}
     for target, ds in predictions.items():
         weights = _weights(ds.truth)
         methods = {m: ds[m] for m in METHODS if m in ds}
         scores[target] = skill.skill_table(ds.truth, methods, weights=weights).reset_coords(drop=True).compute()
+        if "child_ensemble" in ds:
+            table = skill.ensemble_skill_table(ds.truth, {"child_ensemble": ds.child_ensemble}, weights=weights)
+            ensemble_scores[target] = table.reset_coords(drop=True).compute()
     timings["total_s"] = time.perf_counter() - start
 
-    result = RunResult(config, scores, predictions, distance, update, out, timings)
+    result = RunResult(config, scores, predictions, distance, update, adapted, ensemble_scores, out, timings)
     if out is not None:
-        _write_outputs(result, prep, parent, x_norm, y_norm, parent_history)
+        _write_outputs(result, parent_history)
     return result
-
-
-def _unstack(values: np.ndarray, ok: np.ndarray, stacked: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
-    full = np.full(ok.shape, np.nan)
-    full[ok] = values
-    flat = xr.DataArray(full, dims="sample", coords={"sample": stacked["sample"]})
-    out = flat.unstack("sample").transpose(*like.dims)
-    out = out.assign_coords({d: like[d] for d in like.dims})
-    return out.assign_attrs(like.attrs)
 
 
 def _pattern_scaling(prep: Prepared, target: str) -> xr.DataArray | None:
@@ -184,7 +191,11 @@ def _weights(field: xr.DataArray) -> xr.DataArray | None:
         return None
 
 
-def _write_outputs(result, prep, parent, x_norm, y_norm, parent_history) -> None:
+def _input_variables(config: RunConfig) -> list[str]:
+    return sorted({spec.variable for spec in config.data.inputs if spec.variable is not None})
+
+
+def _write_outputs(result: RunResult, parent_history) -> None:
     out = result.out_dir
     config = result.config
     split_dim = config.split.dim
@@ -193,10 +204,14 @@ def _write_outputs(result, prep, parent, x_norm, y_norm, parent_history) -> None
         tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     save_anomalies(result.update.anomalies_, out / "anomalies.nc")
     for target, table in result.skill.items():
-        name = "skill.csv" if len(result.skill) == 1 else f"skill_{target}.csv"
-        skill.write_skill_csv(table, out / name)
-        with atomic_path(out / name.replace(".csv", ".nc")) as tmp:
+        suffix = "" if len(result.skill) == 1 else f"_{target}"
+        skill.write_skill_csv(table, out / f"skill{suffix}.csv")
+        with atomic_path(out / f"skill{suffix}.nc") as tmp:
             table.to_netcdf(tmp)
+        if target in result.ensemble_skill:
+            skill.write_skill_csv(
+                result.ensemble_skill[target], out / f"ensemble_skill{suffix}.csv", columns=("rmse", "crps", "spread_skill_ratio")
+            )
     predictions = xr.merge(
         [ds.rename({v: f"{target}_{v}" for v in ds.data_vars}) for target, ds in result.predictions.items()]
     )
@@ -204,32 +219,12 @@ def _write_outputs(result, prep, parent, x_norm, y_norm, parent_history) -> None
     with atomic_path(out / "predictions.nc") as tmp:
         predictions.to_netcdf(tmp)
 
-    # The model: weights and normalisers in a file torch loads with weights_only=True.
-    model_dir = out / "model"
-    model_dir.mkdir(exist_ok=True)
-    bundle = {
-        "state_dict": parent.state_dict(),
-        "emulator": parent.config,
-        "features": prep.features,
-        "targets": prep.targets,
-        "predictors": prep.predictors,
-        "input_normalizer": x_norm.to_dict(),
-        "target_normalizer": y_norm.to_dict(),
-        "parent_history": {"train_loss": parent_history.train_loss, "val_loss": parent_history.val_loss},
-    }
-    with atomic_path(model_dir / "parent.pt") as tmp:
-        torch.save(bundle, tmp)
-    regressor = result.update.regressor_.pipeline_
-    with atomic_path(model_dir / "regressor.json") as tmp:
-        # The fitted linear map in plain numbers: standardise predictors, then coef and intercept.
-        scaler, linear = regressor.steps[0][1], regressor.steps[-1][1]
+    # The whole adapted emulator, loadable with condupdate.load(OUT / "model").
+    save(result.emulator, out / "model", overwrite=True)
+    with atomic_path(out / "training_history.json") as tmp:
         tmp.write_text(json.dumps({
-            "method": config.regressor.method,
-            "alpha": result.update.regressor_.alpha_,
-            "predictor_mean": scaler.mean_.tolist(),
-            "predictor_scale": scaler.scale_.tolist(),
-            "coef": np.asarray(linear.coef_).tolist(),
-            "intercept": np.asarray(linear.intercept_).tolist(),
+            "parent": {"train_loss": parent_history.train_loss, "val_loss": parent_history.val_loss},
+            "finetune": {k: {"train_loss": h.train_loss, "val_loss": h.val_loss} for k, h in result.update.histories_.items()},
         }))
     with atomic_path(out / "timings.json") as tmp:
         tmp.write_text(json.dumps(result.timings, indent=2))
@@ -237,7 +232,8 @@ def _write_outputs(result, prep, parent, x_norm, y_norm, parent_history) -> None
     # Figures.
     for target, ds in result.predictions.items():
         suffix = "" if len(result.predictions) == 1 else f"_{target}"
-        methods = [m for m in METHODS if m in ds]
+        # Deterministic methods only; the ensemble is scored in ensemble_skill.csv.
+        methods = [m for m in METHODS if m in ds and "member" not in ds[m].dims]
         units = ds.truth.attrs.get("units")
         weights = _weights(ds.truth)
         other = [d for d in ds.truth.dims if d != split_dim]

@@ -10,9 +10,36 @@ from condupdate.update.anomalies import (
 )
 from condupdate.update.conditional import DEFAULT_FINETUNE, ConditionalUpdate
 from condupdate.update.params import parameter_layout, parameter_vector, unflatten, with_parameters
-from condupdate.update.regressors import REGRESSORS, WeightRegressor
+from condupdate.update.regressors import (
+    REGRESSORS,
+    BayesianWeightRegressor,
+    CollinearityWarning,
+    GaussianProcessWeightRegressor,
+    PCAWeightRegressor,
+    PolynomialWeightRegressor,
+    SplineWeightRegressor,
+    WeightRegressor,
+    mahalanobis_distance,
+    make_regressor,
+    predictor_distance,
+)
+from condupdate.update.spaces import AllParameters, LowRankAdapters, ParameterSpace, SelectedParameters, make_space
 
 __all__ = [
+    "AllParameters",
+    "BayesianWeightRegressor",
+    "CollinearityWarning",
+    "GaussianProcessWeightRegressor",
+    "LowRankAdapters",
+    "PCAWeightRegressor",
+    "ParameterSpace",
+    "PolynomialWeightRegressor",
+    "SelectedParameters",
+    "SplineWeightRegressor",
+    "mahalanobis_distance",
+    "make_regressor",
+    "make_space",
+    "predictor_distance",
     "DEFAULT_FINETUNE",
     "REGRESSORS",
     "ConditionalUpdate",
