@@ -1,6 +1,6 @@
 """Warning and exception classes shared by all condupdate modules."""
 
-__all__ = ["CondupdateWarning", "ExtrapolationWarning", "ConfigError", "DataError"]
+__all__ = ["CondupdateWarning", "ExtrapolationWarning", "SplitOverlapWarning", "ConfigError", "DataError"]
 
 
 class CondupdateWarning(UserWarning):
@@ -9,6 +9,10 @@ class CondupdateWarning(UserWarning):
 
 class ExtrapolationWarning(CondupdateWarning):
     """A model is evaluated outside the range of its training predictors."""
+
+
+class SplitOverlapWarning(CondupdateWarning):
+    """The training and application selections share samples."""
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 import xarray as xr
 
 from condupdate._errors import DataError
+from condupdate._io import new_sibling_dir, swap_directory
 from condupdate.data import Normalizer, stack_samples
 from condupdate.emulators import MLP
 from condupdate.jobs.config import RunConfig
@@ -223,8 +223,7 @@ def save(emulator: AdaptedEmulator, path: str | os.PathLike, overwrite: bool = F
             "save its state_dict and the anomalies yourself."
         )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = new_sibling_dir(path)
     try:
         torch.save(
             {
@@ -250,15 +249,7 @@ def save(emulator: AdaptedEmulator, path: str | os.PathLike, overwrite: bool = F
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
 
-        # Swap folders: the old bundle is moved aside first and removed only after
-        # the new one is in place.
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
+        swap_directory(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -36,11 +36,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="condupdate",
         description="Adapt neural climate emulators to out-of-distribution regimes with conditional weight updates.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each step (training, fine-tuning, writing)")
+    # -v is accepted before and after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log each subset's fine-tuning and early stops")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each subset's fine-tuning and early stops")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="adapt a temperature emulator from 1860-1979 to 2070-2099 on Met Office model data",
         description=(
             "Train an emulator of annual 1.5 m air temperature [K] (Met Office Unified Model, A1B scenario, "
@@ -50,11 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--out", default="condupdate-demo", type=Path, help="output folder (default: ./condupdate-demo)")
-    demo.add_argument("--quick", action="store_true", help="every third grid point and a few epochs: a smoke test of about 20 s")
+    demo.add_argument("--quick", action="store_true", help="every third grid point and a few epochs: a smoke test of a few seconds, not a result")
     demo.add_argument("--overwrite", action="store_true", help="replace results in a non-empty output folder")
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run the conditional weight update described by a YAML configuration",
         description="Validate CONFIG, then train, fine-tune, regress and score, writing results to --out.",
     )
@@ -74,10 +79,21 @@ def _report(result) -> str:
             row = table.sel({"method": method})
             lines.append(f"  {method:<16} {float(row.rmse):8.3f} {float(row.mae):8.3f} {float(row.bias):8.3f}")
     distance = result.distance
+    name = result.emulator.predictors[0]
+    first = result.update.anomalies_[name]
+    units = first.attrs.get("units", "")
     lines.append(
-        "Extrapolation distance of the application predictors (training standard deviations beyond the "
-        f"training range): min {float(distance.min()):.2f}, mean {float(distance.mean()):.2f}, max {float(distance.max()):.2f}"
+        f"Predictor {name!r} [{units}]: subsets span {float(first.min()):.4g} .. {float(first.max()):.4g}, "
+        f"application samples {distance.attrs.get('application_predictor_range', '?')}; "
+        f"extrapolation distance of the application samples beyond the training range: min {float(distance.min()):.2f}, "
+        f"mean {float(distance.mean()):.2f}, max {float(distance.max()):.2f} training standard deviations"
     )
+    for spec in result.config.data.inputs:
+        if spec.name in result.emulator.predictors and spec.variable in result.emulator.targets:
+            lines.append(
+                f"Note: predictor {spec.name!r} is computed from the target {spec.variable!r}, so every method is "
+                "given the application period's large-scale value of the target (a perfect-model setting)."
+            )
     lines.append(f"Runtime: {result.timings['total_s']:.1f} s")
     if result.out_dir is not None:
         lines.append(f"Results written to {result.out_dir}")
@@ -103,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"condupdate {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"condupdate {args.command}: interrupted; earlier results in the output folder are unchanged.", file=sys.stderr)
+        return 130
     print(_report(result))
     return 0
 

@@ -92,7 +92,7 @@ def error_vs_distance(
         # Markers without lines, because the samples need not be ordered by distance.
         ax.plot(x, np.asarray(error.values), marker="o", linestyle="none", label=name)
 
-    ax.set_xlabel("Extrapolation distance (training standard deviations)")
+    ax.set_xlabel("Distance beyond the training range (training standard deviations)")
     ax.set_ylabel("RMSE" if units is None else f"RMSE [{units}]")
     ax.set_title("Error versus extrapolation distance")
     ax.legend()
@@ -104,6 +104,7 @@ def error_maps(
     ax: Sequence[Axes] | None = None,
     units: str | None = None,
     cmap: str = "viridis",
+    symmetric: bool = False,
 ) -> Figure:
     """Map each method's error on latitude-longitude axes with one colour scale.
 
@@ -120,7 +121,11 @@ def error_maps(
         Units for the colorbar label and panel titles. By default the ``units``
         attr of the first error.
     cmap : str, default "viridis"
-        Matplotlib colormap name.
+        Matplotlib colormap name; use a diverging one such as ``"RdBu_r"`` with
+        ``symmetric=True`` for signed errors.
+    symmetric : bool, default False
+        Centre the colour scale on zero (limits at plus and minus the largest
+        absolute value), for signed errors such as the bias.
 
     Returns
     -------
@@ -158,7 +163,10 @@ def error_maps(
     # One Normalize instance for all panels, so equal colours mean equal errors.
     values = {name: np.asarray(field.values, dtype=float) for name, field in fields.items()}
     finite = np.concatenate([array[np.isfinite(array)] for array in values.values()])
-    if finite.size:
+    if finite.size and symmetric:
+        limit = float(np.abs(finite).max()) or 1.0
+        norm = matplotlib.colors.Normalize(vmin=-limit, vmax=limit)
+    elif finite.size:
         norm = matplotlib.colors.Normalize(vmin=finite.min(), vmax=finite.max())
     else:
         # Every cell is NaN, so any limits would do, and these keep the colorbar valid.

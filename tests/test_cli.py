@@ -45,7 +45,7 @@ def test_demo_quick_writes_results(quick_demo):
 def test_demo_prints_table_and_distance(quick_demo):
     proc, _ = quick_demo
     assert "pattern_scaling" in proc.stdout
-    assert "Extrapolation distance" in proc.stdout
+    assert "extrapolation distance" in proc.stdout
 
 
 def test_demo_refuses_non_empty_output(quick_demo):

@@ -70,7 +70,7 @@ def test_error_vs_distance_labels_and_legend():
     fig = error_vs_distance(distance, errors)
 
     (ax,) = fig.axes
-    assert ax.get_xlabel() == "Extrapolation distance (training standard deviations)"
+    assert ax.get_xlabel() == "Distance beyond the training range (training standard deviations)"
     assert ax.get_ylabel() == "RMSE [K]"
     assert [text.get_text() for text in ax.get_legend().get_texts()] == ["parent", "child"]
     assert ax.get_title() != ""

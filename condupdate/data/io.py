@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 
 from condupdate._errors import DataError
@@ -62,7 +64,7 @@ def open_dataset(
         raise DataError("No input files given; pass at least one netCDF file or zarr store.")
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"Input file {str(path)!r} not found; check the path in 'data.paths'.")
+            raise FileNotFoundError(f"Input file {str(path)!r} not found; check the path.")
 
     time_coder = xr.coders.CFDatetimeCoder(use_cftime=True)
     try:
@@ -103,6 +105,10 @@ def select(obj: xr.Dataset | xr.DataArray, dim: str, selection: Any) -> xr.Datas
         selection = slice(*selection)
     if isinstance(selection, slice):
         index = obj.indexes[dim]
+        if isinstance(index, (xr.CFTimeIndex, pd.DatetimeIndex)):
+            # A year written without quotes in YAML arrives as an int; on a time axis
+            # it means that year, as the partial date string "1860" does.
+            selection = slice(*(str(b) if isinstance(b, (int, np.integer)) else b for b in (selection.start, selection.stop)))
         if index.is_monotonic_decreasing and not index.is_monotonic_increasing:
             # Descending axes (latitude 90..-90, pressure) need the bounds reversed.
             selection = slice(selection.stop, selection.start)
@@ -114,8 +120,16 @@ def select(obj: xr.Dataset | xr.DataArray, dim: str, selection: Any) -> xr.Datas
             raise DataError(f"Labels {list(selection)} not all found along {dim!r}: {err}") from err
 
     if selected.sizes[dim] == 0:
+        bounds = (selection.start, selection.stop) if isinstance(selection, slice) else selection
+        hint = ""
+        if isinstance(selection, slice) and selected.sizes[dim] == 0:
+            try:
+                if obj.sel({dim: slice(selection.stop, selection.start)}).sizes[dim] > 0:
+                    hint = " The range looks reversed; give it as [start, stop]."
+            except (KeyError, TypeError, ValueError):
+                pass
         raise DataError(
-            f"Selection {selection!r} along {dim!r} is empty; the coordinate runs from "
-            f"{obj[dim].values[0]} to {obj[dim].values[-1]}."
+            f"Selection {bounds!r} along {dim!r} is empty; the coordinate runs from "
+            f"{obj[dim].values[0]} to {obj[dim].values[-1]}.{hint}"
         )
     return selected

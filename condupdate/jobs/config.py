@@ -10,7 +10,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from condupdate._errors import ConfigError
-from condupdate.emulators.mlp import ACTIVATIONS
 
 __all__ = [
     "RunConfig",
@@ -22,6 +21,9 @@ __all__ = [
 ]
 
 SAMPLE_PREFIX = "sample:"
+# Names of condupdate.emulators.ACTIVATIONS, repeated here so that reading a
+# configuration does not import torch (a test checks that the two agree).
+ACTIVATION_NAMES = ("elu", "gelu", "relu", "sigmoid", "silu", "tanh")
 
 
 class _Strict(BaseModel):
@@ -102,8 +104,8 @@ class EmulatorSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_activation(self) -> EmulatorSpec:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation {self.activation!r} is not one of {list(ACTIVATION_NAMES)}")
         return self
 
 
@@ -155,7 +157,7 @@ class UpdateSpec(_Strict):
 class RunConfig(_Strict):
     """A whole run: data, split, subsets, predictors, emulator, training and regressor."""
 
-    name: str = "run"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "run"  # one folder name: letters, digits, . _ -
     data: DataSpec
     split: SplitSpec
     subsets: SubsetSpec = SubsetSpec()
@@ -163,7 +165,7 @@ class RunConfig(_Strict):
     emulator: EmulatorSpec = EmulatorSpec()
     training: TrainingSpec = TrainingSpec()
     finetune: FinetuneSpec = FinetuneSpec()
-    regressor: RegressorSpec = RegressorSpec()
+    regressor: RegressorSpec = Field(default_factory=RegressorSpec)
     update: UpdateSpec = UpdateSpec()
 
     @model_validator(mode="after")
@@ -219,6 +221,12 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(item["loc"]))
             lines.append(f"  {key}: unknown key (value {item.get('input')!r}); allowed keys here: {allowed}")
+        elif item["type"] == "missing":
+            lines.append(f"  {key}: missing required key")
+        elif item["type"] == "value_error" or isinstance(item.get("input"), dict):
+            # Checks across several keys: the message names the keys, and the input
+            # would be a whole section of the file.
+            lines.append(f"  {key}: {item['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
@@ -244,13 +252,17 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"Configuration file {str(path)!r} is not valid YAML: {err}") from err
     config = parse_config(raw, source=repr(str(path)))
-    return config.model_copy(update={"data": _relative_to(config.data, path.parent)})
+    data = config.data.model_copy(update={"paths": [_relative_to(path.parent, p) for p in config.data.paths]})
+    predictors = [
+        spec if spec.path is None else spec.model_copy(update={"path": _relative_to(path.parent, spec.path)})
+        for spec in config.predictors
+    ]
+    return config.model_copy(update={"data": data, "predictors": predictors})
 
 
-def _relative_to(data: DataSpec, folder: Path) -> DataSpec:
-    # Relative data paths in a config file are read relative to that file's folder.
-    paths = [p if p.startswith(SAMPLE_PREFIX) or Path(p).is_absolute() else str(folder / p) for p in data.paths]
-    return data.model_copy(update={"paths": paths})
+def _relative_to(folder: Path, path: str) -> str:
+    # Relative paths in a config file are read relative to that file's folder.
+    return path if path.startswith(SAMPLE_PREFIX) or Path(path).is_absolute() else str(folder / path)
 
 
 def resolve_path(path: str) -> Path:

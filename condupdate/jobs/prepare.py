@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
 from condupdate import regimes
-from condupdate._errors import DataError
+from condupdate._errors import DataError, SplitOverlapWarning
 from condupdate.data import open_dataset, select
 from condupdate.jobs.config import PredictorSpec, RunConfig, resolve_path
 
-__all__ = ["Prepared", "build_inputs", "per_sample", "prepare", "training_climatology"]
+__all__ = ["Prepared", "build_inputs", "per_sample", "prepare", "select_split", "training_climatology"]
 
 
 @dataclass
@@ -32,7 +33,10 @@ class Prepared:
 
 def _open(config: RunConfig) -> xr.Dataset:
     paths = [resolve_path(p) for p in config.data.paths]
-    ds = open_dataset(paths, engine=config.data.engine)
+    try:
+        ds = open_dataset(paths, engine=config.data.engine)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} (data.paths; paths in a configuration file are read from that file's folder)") from err
     for dim, step in config.data.thin.items():
         if dim not in ds.dims:
             raise DataError(f"data.thin names dimension {dim!r}, which the input files lack; they have {list(ds.dims)}.")
@@ -101,7 +105,7 @@ def build_inputs(ds: xr.Dataset, config: RunConfig, climatology: xr.Dataset) -> 
         extra = [d for d in values.dims if d not in config.data.sample_dims]
         if extra:
             raise DataError(f"Predictor {name.split(':', 1)[1]!r} has dimensions {extra} outside data.sample_dims.")
-    inputs = xr.merge([features, xr.Dataset(predictors)], compat="override", join="left").drop_attrs()
+    inputs = xr.merge([features, xr.Dataset(predictors)], compat="override", join="left").drop_attrs(deep=False)
     return inputs.assign_coords({d: ds[d] for d in config.data.sample_dims if d in ds.coords})
 
 
@@ -110,7 +114,10 @@ def _predictor(ds: xr.Dataset, features: xr.Dataset, spec: PredictorSpec) -> xr.
         return features[spec.input]
     if spec.coordinate is not None:
         return regimes.coordinate_predictor(ds, spec.coordinate)
-    series_ds = open_dataset(resolve_path(spec.path))
+    try:
+        series_ds = open_dataset(resolve_path(spec.path))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Predictor file {spec.path!r} (predictors[].path) not found; paths in a configuration file are read from that file's folder.") from err
     if spec.variable not in series_ds.data_vars:
         raise DataError(f"Predictor variable {spec.variable!r} not found in {spec.path!r}; it contains {sorted(map(str, series_ds.data_vars))}.")
     return regimes.external_predictor(series_ds[spec.variable], ds, spec.dim)
@@ -125,16 +132,25 @@ def prepare(config: RunConfig) -> Prepared:
     """
     ds = _open(config)
     split = config.split
-    train_raw = select(ds, split.dim, split.train if split.labels else tuple(split.train))
+    train_raw = select_split(ds, config, "train")
 
     climatology = training_climatology(train_raw, config)
     inputs = build_inputs(ds, config, climatology)
-    combined = xr.merge([inputs, ds[config.data.targets]], compat="override", join="left").drop_attrs()
+    combined = xr.merge([inputs, ds[config.data.targets]], compat="override", join="left").drop_attrs(deep=False)
     combined = combined.assign_coords({d: ds[d] for d in config.data.sample_dims if d in ds.coords})
     for name in config.data.targets:
         combined[name].attrs = ds[name].attrs
-    train = select(combined, split.dim, split.train if split.labels else tuple(split.train))
-    apply = select(combined, split.dim, split.apply if split.labels else tuple(split.apply))
+    train = select_split(combined, config, "train")
+    apply = select_split(combined, config, "apply")
+    overlap = np.intersect1d(np.asarray(train[split.dim].values), np.asarray(apply[split.dim].values))
+    if overlap.size:
+        warnings.warn(
+            f"split.train and split.apply share {overlap.size} steps along {split.dim!r} "
+            f"({overlap[0]} .. {overlap[-1]}); skill on the application selection then partly measures "
+            "training data. Make the two selections disjoint.",
+            SplitOverlapWarning,
+            stacklevel=2,
+        )
 
     predictor_names = [spec.name for spec in config.predictors]
     subsets = _subsets(config, train, f"predictor:{predictor_names[0]}")
@@ -142,6 +158,16 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(
         config, ds, train, apply, feature_names, list(config.data.targets), predictor_names, subsets, climatology
     )
+
+
+def select_split(ds: xr.Dataset, config: RunConfig, key: str) -> xr.Dataset:
+    """Select ``split.train`` or ``split.apply`` (``key``) of ``config`` from ``ds``."""
+    split = config.split
+    value = getattr(split, key)
+    try:
+        return select(ds, split.dim, value if split.labels else tuple(value))
+    except DataError as err:
+        raise DataError(f"split.{key} = {value!r}: {err}") from err
 
 
 def _subsets(config: RunConfig, train: xr.Dataset, first_predictor: str) -> xr.DataArray:
@@ -153,10 +179,16 @@ def _subsets(config: RunConfig, train: xr.Dataset, first_predictor: str) -> xr.D
         labels = regimes.label_subsets(train, dim)
     else:
         labels = regimes.quantile_subsets(train[first_predictor].compute(), spec.bins)
-    if len(regimes.subset_order(labels)) < 2:
+    n_subsets = len(regimes.subset_order(labels))
+    if n_subsets < 2:
+        fix = {
+            "window": f"use a subsets.size below {train.sizes.get(dim, 0)}, the training length along {dim!r}",
+            "label": f"give split.train more than one {dim!r} label",
+            "quantile": "check that the first predictor varies over the training selection",
+        }[spec.method]
         raise DataError(
-            f"Subsets ({spec.method} along {dim!r}) give {len(regimes.subset_order(labels))} subset of the "
-            "training selection; the weight regressor needs at least 2. Use a smaller subsets.size or more bins."
+            f"Subsets ({spec.method} along {dim!r}, size {spec.size}, bins {spec.bins}) give {n_subsets} subset of "
+            f"the training selection; the weight regressor needs at least 2: {fix}."
         )
     return labels
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,10 @@ import torch
 import xarray as xr
 import yaml
 
+from condupdate import __version__ as condupdate_version
 from condupdate import plot, skill
 from condupdate._errors import DataError
-from condupdate._io import atomic_path, prepare_output_dir
+from condupdate._io import atomic_path, check_output_dir, new_sibling_dir, swap_directory
 from condupdate.data import Normalizer, select, stack_samples
 from condupdate.emulators import MLP, TrainConfig, train
 from condupdate.bundle import AdaptedEmulator, fingerprint, save
@@ -86,7 +88,8 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     # Inputs are opened lazily before the output folder is made, so a bad file or
     # variable name leaves no empty folder behind.
     prep = prepare(config)
-    out = prepare_output_dir(out_dir, overwrite=overwrite) if out_dir is not None else None
+    if out_dir is not None:
+        _check_replaceable(Path(out_dir), overwrite)
     sample_dims = config.data.sample_dims
     X_train_da, X_train, Y_train, P_train = _matrices(prep, prep.train)
     labels = per_sample(prep.subsets, prep.train, sample_dims)
@@ -112,6 +115,15 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     for label in dict.fromkeys(labels[valid]):
         rows = labels[valid] == label
         subset_rows.append((str(label), Xn[rows], Yn[rows], P_train[valid][rows].mean(0)))
+    subset_predictors = np.stack([p for *_, p in subset_rows])
+    flat = np.ptp(subset_predictors, axis=0) == 0
+    if flat.any():
+        names = [n for n, f in zip(prep.predictors, flat, strict=True) if f]
+        raise DataError(
+            f"Predictors {names} take the same value ({subset_predictors[0, flat].tolist()}) in every subset, so "
+            "the weight regression has nothing to learn from them; choose a predictor that varies between "
+            f"subsets (subsets are {config.subsets.method} along {config.subsets.dim or config.split.dim!r})."
+        )
     spec = config.update
     update = ConditionalUpdate(
         parent,
@@ -122,9 +134,13 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
         snr_threshold=spec.snr_threshold,
     ).fit(
         [(label, X, Y) for label, X, Y, _ in subset_rows],
-        np.stack([p for *_, p in subset_rows]),
+        subset_predictors,
         prep.predictors,
     )
+    for name in prep.predictors:
+        # Predictor coordinates of the anomaly store carry the predictor's units.
+        attrs = prep.train[f"predictor:{name}"].attrs
+        update.anomalies_[name].attrs.update({k: attrs[k] for k in ("units", "long_name") if k in attrs})
     variables = {name: dict(prep.dataset[name].attrs) for name in _input_variables(config) + prep.targets}
     adapted = AdaptedEmulator(
         config, update, x_norm, y_norm, prep.climatology, variables, fingerprint(X_train[valid], Y_train[valid])
@@ -149,6 +165,9 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
         baseline = _pattern_scaling(prep, target)
         if baseline is not None:
             ds["pattern_scaling"] = baseline
+        for method in ds.data_vars:
+            if method != "truth":
+                ds[method].attrs = _prediction_attrs(truth, method)
         predictions[target] = ds.compute()
     timings["predict_s"] = time.perf_counter() - tic
 
@@ -156,6 +175,8 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     first = f"predictor:{prep.predictors[0]}"
     distance = skill.extrapolation_distance(prep.apply[first], prep.train[first]).compute()
     distance.name = "extrapolation_distance"
+    applied = prep.apply[first]
+    distance.attrs["application_predictor_range"] = f"{float(applied.min()):.6g} .. {float(applied.max()):.6g}"
     scores, ensemble_scores = {}, {}
     for target, ds in predictions.items():
         weights = _weights(ds.truth)
@@ -166,10 +187,42 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
             ensemble_scores[target] = table.reset_coords(drop=True).compute()
     timings["total_s"] = time.perf_counter() - start
 
-    result = RunResult(config, scores, predictions, distance, update, adapted, ensemble_scores, out, timings)
-    if out is not None:
-        _write_outputs(result, parent_history)
+    result = RunResult(config, scores, predictions, distance, update, adapted, ensemble_scores, None, timings)
+    if out_dir is not None:
+        # Everything is written to a hidden folder first and swapped in at the end,
+        # so an interrupted or failed run leaves the earlier results untouched.
+        out = Path(out_dir)
+        tmp = new_sibling_dir(out)
+        try:
+            _write_outputs(result, tmp, parent_history)
+            swap_directory(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        result.out_dir = out
     return result
+
+
+# Files that mark a folder as condupdate results, which --overwrite may replace.
+_RESULT_MARKERS = ("config.yaml", "timings.json")
+
+
+def _prediction_attrs(truth: xr.DataArray, method: str) -> dict[str, str]:
+    # Only the physical description carries over: provenance attributes of the
+    # truth (source, grid_mapping, model ids) would misdescribe an emulator output.
+    attrs = {k: truth.attrs[k] for k in ("standard_name", "units") if k in truth.attrs}
+    attrs["long_name"] = f"{truth.attrs.get('long_name', truth.name)} predicted by {method.replace('_', ' ')}"
+    return attrs
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    check_output_dir(out, overwrite=overwrite)
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        if not all((out / name).is_file() for name in _RESULT_MARKERS):
+            raise FileExistsError(
+                f"Output folder {str(out)!r} is not empty and holds no condupdate results "
+                f"({', '.join(_RESULT_MARKERS)} missing), so --overwrite will not replace it; choose another --out."
+            )
 
 
 def _pattern_scaling(prep: Prepared, target: str) -> xr.DataArray | None:
@@ -195,8 +248,7 @@ def _input_variables(config: RunConfig) -> list[str]:
     return sorted({spec.variable for spec in config.data.inputs if spec.variable is not None})
 
 
-def _write_outputs(result: RunResult, parent_history) -> None:
-    out = result.out_dir
+def _write_outputs(result: RunResult, out: Path, parent_history) -> None:
     config = result.config
     split_dim = config.split.dim
 
@@ -216,6 +268,18 @@ def _write_outputs(result: RunResult, parent_history) -> None:
         [ds.rename({v: f"{target}_{v}" for v in ds.data_vars}) for target, ds in result.predictions.items()]
     )
     predictions["extrapolation_distance"] = result.distance
+    for name in predictions.variables:
+        # Drop references to variables that are not in this file.
+        for key in ("bounds", "grid_mapping"):
+            predictions[name].attrs.pop(key, None)
+            predictions[name].encoding.pop(key, None)
+    predictions.attrs = {
+        "title": f"condupdate predictions of run {config.name!r} on the application selection",
+        "split": f"train {config.split.train} apply {config.split.apply} along {config.split.dim}",
+        "predictors": ", ".join(result.emulator.predictors),
+        "regressor": config.regressor.method,
+        "history": f"written by condupdate {condupdate_version}",
+    }
     with atomic_path(out / "predictions.nc") as tmp:
         predictions.to_netcdf(tmp)
 
@@ -240,9 +304,24 @@ def _write_outputs(result: RunResult, parent_history) -> None:
         if result.distance.dims == (split_dim,):
             errors = {m: skill.rmse(ds[m], ds.truth, dim=other, weights=weights) for m in methods}
             fig = plot.error_vs_distance(result.distance, errors, units=units)
+            fig.axes[0].set_title(f"RMSE of {target} per {split_dim} step of the application selection")
             plot.save_figure(fig, out / f"error_vs_distance{suffix}.png")
-        if len(other) == 2:
-            maps = {m: abs(ds[m] - ds.truth).mean(split_dim).assign_attrs(units=units) for m in methods}
-            fig = plot.error_maps(maps, units=units)
-            fig.suptitle(f"Time-mean absolute error of {target}, application selection")
-            plot.save_figure(fig, out / f"error_maps{suffix}.png")
+        map_dims = [d for d in ds.truth.dims if d in _MAP_DIM_NAMES]
+        if len(map_dims) == 2:
+            rest = [d for d in ds.truth.dims if d not in map_dims]
+            for name, statistic, options in (
+                ("error_maps", "mean absolute error", {}),
+                ("bias_maps", "mean error (prediction minus truth)", {"cmap": "RdBu_r", "symmetric": True}),
+            ):
+                maps = {}
+                for m in methods:
+                    error = ds[m] - ds.truth
+                    error = abs(error) if name == "error_maps" else error
+                    maps[m] = error.mean(rest).assign_attrs(units=units)
+                fig = plot.error_maps(maps, units=units, **options)
+                fig.suptitle(f"{statistic.capitalize()} of {target} over the application selection")
+                plot.save_figure(fig, out / f"{name}{suffix}.png")
+
+
+# Dimension names of horizontal grids, for maps.
+_MAP_DIM_NAMES = ("latitude", "lat", "nav_lat", "y", "longitude", "lon", "nav_lon", "x")
