@@ -304,7 +304,8 @@ def _write_outputs(result: RunResult, out: Path, parent_history) -> None:
         if result.distance.dims == (split_dim,):
             errors = {m: skill.rmse(ds[m], ds.truth, dim=other, weights=weights) for m in methods}
             fig = plot.error_vs_distance(result.distance, errors, units=units)
-            fig.axes[0].set_title(f"RMSE of {target} per {split_dim} step of the application selection")
+            fig.axes[0].set_title(f"{target}: one point per {split_dim} step applied")
+            fig.axes[0].set_ylim(bottom=0)
             plot.save_figure(fig, out / f"error_vs_distance{suffix}.png")
         map_dims = [d for d in ds.truth.dims if d in _MAP_DIM_NAMES]
         if len(map_dims) == 2:
