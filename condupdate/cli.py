@@ -88,6 +88,19 @@ def _report(result) -> str:
         f"extrapolation distance of the application samples beyond the training range: min {float(distance.min()):.2f}, "
         f"mean {float(distance.mean()):.2f}, max {float(distance.max()):.2f} training standard deviations"
     )
+    if result.distances is not None:
+        per = result.distances.extrapolation_distance.max([d for d in result.distances.extrapolation_distance.dims if d != "predictor"])
+        listed = ", ".join(f"{p} {float(v):.2f}" for p, v in zip(per["predictor"].values, per.values, strict=True))
+        lines.append(
+            f"Largest distance per predictor: {listed}; largest Mahalanobis distance to the training predictors: "
+            f"{float(result.distances.mahalanobis_distance.max()):.2f}"
+        )
+    if "member" in result.update.anomalies_.dims:
+        ratio = result.update.signal_to_noise()
+        lines.append(
+            f"Fine-tuning noise: median signal-to-noise ratio of the anomalies {float(ratio.median()):.2f}; "
+            f"{int(result.update.updated_.sum())} of {ratio.size} parameters updated"
+        )
     for spec in result.config.data.inputs:
         if spec.name in result.emulator.predictors and spec.variable in result.emulator.targets:
             lines.append(

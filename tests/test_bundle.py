@@ -161,3 +161,29 @@ def test_posterior_ensemble_round_trip(run_config, temperature_file, tmp_path):
     after = loaded.predict(apply, ensemble="posterior", n_samples=4, random_state=1).air_temperature
     assert before.sizes["member"] == 4
     np.testing.assert_array_equal(before.values, after.values)
+
+
+def test_two_predictors_report_distances(run_config, temperature_file, tmp_path):
+    raw = run_config([temperature_file])
+    raw["predictors"] = [{"input": "domain_mean_temperature"}, {"coordinate": "time"}]
+    result = run(parse_config(raw), out_dir=tmp_path / "out")
+
+    per_predictor = result.distances.extrapolation_distance
+    assert list(per_predictor["predictor"].values) == ["domain_mean_temperature", "time"]
+    # 1890-1899 lies beyond 1860-1889: every application year is outside in time.
+    assert float(per_predictor.sel(predictor="time").min()) > 0
+    assert float(result.distances.mahalanobis_distance.min()) > 0
+    with xr.open_dataset(tmp_path / "out" / "predictions.nc") as written:
+        assert written.predictor_distance.sizes["predictor"] == 2
+        assert "mahalanobis_distance" in written
+
+
+def test_members_write_signal_to_noise(run_config, temperature_file, tmp_path):
+    raw = run_config([temperature_file])
+    raw["update"] = {"members": 2, "snr_threshold": 0.5}
+    result = run(parse_config(raw), out_dir=tmp_path / "out")
+
+    with xr.open_dataarray(tmp_path / "out" / "signal_to_noise.nc") as ratio:
+        kept = (ratio.values >= 0.5).sum()
+    assert kept == result.update.updated_.sum()
+    assert result.update.updated_.sum() < result.update.updated_.size

@@ -80,3 +80,11 @@ def test_help_explains_every_option():
     assert proc.returncode == 0
     for option in ("--out", "--quick", "--overwrite"):
         assert option in proc.stdout
+
+
+def test_demo_accepts_verbose_after_command(tmp_path):
+    proc = _condupdate("demo", "--quick", "-v", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    # -v sets the log level to INFO, so the fine-tuning of each subset is logged.
+    assert "INFO condupdate" in proc.stderr
+    assert (tmp_path / "out" / "skill.csv").is_file()

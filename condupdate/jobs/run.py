@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 import yaml
@@ -24,7 +25,7 @@ from condupdate.bundle import AdaptedEmulator, fingerprint, save
 from condupdate.jobs.config import RunConfig
 from condupdate.jobs.prepare import Prepared, per_sample, prepare
 from condupdate.update import ConditionalUpdate, save_anomalies
-from condupdate.update.regressors import make_regressor
+from condupdate.update.regressors import mahalanobis_distance, make_regressor
 from condupdate.update.spaces import make_space
 
 __all__ = ["RunResult", "run", "METHODS"]
@@ -45,6 +46,7 @@ class RunResult:
     update: ConditionalUpdate
     emulator: AdaptedEmulator  # what `condupdate.save` writes and `.predict(ds)` uses
     ensemble_skill: dict[str, xr.Dataset] = field(default_factory=dict)  # per target: rmse, crps, spread_skill_ratio
+    distances: xr.Dataset | None = None  # with several predictors: distance per predictor and Mahalanobis distance
     out_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -177,17 +179,18 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     distance.name = "extrapolation_distance"
     applied = prep.apply[first]
     distance.attrs["application_predictor_range"] = f"{float(applied.min()):.6g} .. {float(applied.max()):.6g}"
+    distances = _predictor_distances(prep) if len(prep.predictors) > 1 else None
     scores, ensemble_scores = {}, {}
     for target, ds in predictions.items():
         weights = _weights(ds.truth)
-        methods = {m: ds[m] for m in METHODS if m in ds}
+        methods = {m: ds[m] for m in METHODS if m in ds and "member" not in ds[m].dims}
         scores[target] = skill.skill_table(ds.truth, methods, weights=weights).reset_coords(drop=True).compute()
         if "child_ensemble" in ds:
             table = skill.ensemble_skill_table(ds.truth, {"child_ensemble": ds.child_ensemble}, weights=weights)
             ensemble_scores[target] = table.reset_coords(drop=True).compute()
     timings["total_s"] = time.perf_counter() - start
 
-    result = RunResult(config, scores, predictions, distance, update, adapted, ensemble_scores, None, timings)
+    result = RunResult(config, scores, predictions, distance, update, adapted, ensemble_scores, distances, None, timings)
     if out_dir is not None:
         # Everything is written to a hidden folder first and swapped in at the end,
         # so an interrupted or failed run leaves the earlier results untouched.
@@ -205,6 +208,36 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
 
 # Files that mark a folder as condupdate results, which --overwrite may replace.
 _RESULT_MARKERS = ("config.yaml", "timings.json")
+
+
+def _predictor_distances(prep: Prepared) -> xr.Dataset:
+    """Distance of each application sample beyond the training range, per predictor and jointly.
+
+    The joint distance is the Mahalanobis distance to the training samples'
+    predictors, which accounts for their correlation: a combination of predictors
+    never seen together in training is far even when each lies inside its range.
+    """
+    names = prep.predictors
+    index = pd.Index(names, name="predictor")
+    train = xr.concat([prep.train[f"predictor:{n}"].reset_coords(drop=True) for n in names], dim=index)
+    apply = xr.concat([prep.apply[f"predictor:{n}"].reset_coords(drop=True) for n in names], dim=index)
+    per_predictor = skill.extrapolation_distance(apply, train).compute()
+
+    sample_dims = [d for d in apply.dims if d != "predictor"]
+    train_rows = train.stack(_s=[d for d in train.dims if d != "predictor"]).transpose("_s", "predictor").values
+    train_rows = train_rows[np.isfinite(train_rows).all(1)]
+    apply_flat = apply.stack(_s=sample_dims).transpose("_s", "predictor")
+    rows = apply_flat.values
+    joint = np.full(len(rows), np.nan)
+    ok = np.isfinite(rows).all(1)
+    joint[ok] = mahalanobis_distance(rows[ok], train_rows)
+    mahalanobis = xr.DataArray(joint, dims="_s", coords={"_s": apply_flat["_s"]}).unstack("_s").transpose(*sample_dims)
+    return xr.Dataset(
+        {
+            "extrapolation_distance": per_predictor,
+            "mahalanobis_distance": mahalanobis.assign_attrs(units="1", long_name="Mahalanobis distance to the training predictors"),
+        }
+    )
 
 
 def _prediction_attrs(truth: xr.DataArray, method: str) -> dict[str, str]:
@@ -268,6 +301,12 @@ def _write_outputs(result: RunResult, out: Path, parent_history) -> None:
         [ds.rename({v: f"{target}_{v}" for v in ds.data_vars}) for target, ds in result.predictions.items()]
     )
     predictions["extrapolation_distance"] = result.distance
+    if result.distances is not None:
+        predictions["predictor_distance"] = result.distances.extrapolation_distance
+        predictions["mahalanobis_distance"] = result.distances.mahalanobis_distance
+    if "member" in result.update.anomalies_.dims:
+        with atomic_path(out / "signal_to_noise.nc") as tmp:
+            result.update.signal_to_noise().to_netcdf(tmp)
     for name in predictions.variables:
         # Drop references to variables that are not in this file.
         for key in ("bounds", "grid_mapping"):
