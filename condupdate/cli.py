@@ -38,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     # -v is accepted before and after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="log each subset's fine-tuning and early stops")
+    # SUPPRESS keeps the subcommand's default from overwriting a -v given before it.
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each subset's fine-tuning and early stops"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each subset's fine-tuning and early stops")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -23,22 +23,19 @@ from condupdate.jobs.config import ACTIVATION_NAMES, load_config, parse_config
 from condupdate.jobs.prepare import prepare
 from condupdate.jobs.run import run
 
-SAMPLE_DIMS = ["time", "latitude", "longitude"]
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     # Contents of every file under folder, keyed by relative path.
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _hidden_siblings(folder: Path) -> list[str]:
-    # Temporary folders of a run are hidden names beside the result folder: .NAME.tmp.*, .NAME.old.*
+    # A run writes to hidden folders beside the result folder, named .NAME.tmp.* and .NAME.old.*.
     return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
 
 
 @pytest.fixture(scope="module")
 def earlier_results(tmp_path_factory, temperature_dataset, write_netcdf, run_config) -> tuple[Path, Path]:
-    """The input file and the result folder of one tiny run, to copy before each change."""
+    """Run the tiny configuration once and return its input file and result folder."""
     folder = tmp_path_factory.mktemp("earlier")
     path = write_netcdf(temperature_dataset(), folder / "air_temperature.nc")
     run(parse_config(run_config([path])), out_dir=folder / "out")
@@ -47,7 +44,7 @@ def earlier_results(tmp_path_factory, temperature_dataset, write_netcdf, run_con
 
 @pytest.fixture
 def result_copy(earlier_results, tmp_path) -> Path:
-    """A fresh copy of the earlier result folder under tmp_path."""
+    """Copy the earlier result folder to tmp_path / "out" and return the copy."""
     _, out = earlier_results
     return Path(shutil.copytree(out, tmp_path / "out"))
 
@@ -221,7 +218,7 @@ def test_overwrite_rejects_folder_without_results(earlier_results, run_config, t
     out = tmp_path / "thesis"
     out.mkdir()
     (out / "chapter1.tex").write_text("\\chapter{Introduction}\n")
-    (out / "timings.json").write_text("{}")  # one result marker alone is not enough
+    (out / "timings.json").write_text("{}")  # without config.yaml, not a result folder
     before = _files(out)
     config = parse_config(run_config([path]))
 
@@ -363,8 +360,8 @@ def test_cli_verbose_before_or_after_command(argv):
 
 
 def _field_with_provenance(temperature_dataset) -> xr.Dataset:
-    # The field as climate model output often comes: provenance attributes, a grid
-    # mapping variable and cell bounds on latitude and time.
+    # Add what climate model output often carries, namely provenance attributes,
+    # a grid mapping variable and cell bounds on latitude and time.
     ds = temperature_dataset()
     ds["air_temperature"].attrs.update(source="Unified Model vn8.5", grid_mapping="crs")
     ds["crs"] = xr.DataArray(0, attrs={"grid_mapping_name": "latitude_longitude"})

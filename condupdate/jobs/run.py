@@ -114,9 +114,13 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     # Phase 3: forgetful fine-tuning per subset, then the weight regression.
     tic = time.perf_counter()
     subset_rows = []
+    predictor_known = np.isfinite(P_train).all(1)
     for label in dict.fromkeys(labels[valid]):
         rows = labels[valid] == label
-        subset_rows.append((str(label), Xn[rows], Yn[rows], P_train[valid][rows].mean(0)))
+        # The subset's predictor describes the whole subset, so it averages every
+        # sample with a known predictor, masked targets included.
+        subset_predictor = P_train[(labels == label) & predictor_known].mean(0)
+        subset_rows.append((str(label), Xn[rows], Yn[rows], subset_predictor))
     subset_predictors = np.stack([p for *_, p in subset_rows])
     flat = np.ptp(subset_predictors, axis=0) == 0
     if flat.any():
