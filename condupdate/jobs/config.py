@@ -75,7 +75,7 @@ class PredictorSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    paths: Annotated[list[str], Field(min_length=1)]  # netCDF files or a zarr store; "sample:NAME" for iris-sample-data
+    paths: list[str] = []  # netCDF files or a zarr store; "sample:NAME" for iris-sample-data; empty with run(dataset=...)
     engine: str | None = None  # xarray backend, for example netcdf4 or h5netcdf
     targets: Annotated[list[str], Field(min_length=1)]  # variables the emulator predicts
     inputs: Annotated[list[InputSpec], Field(min_length=1)]

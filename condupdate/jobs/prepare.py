@@ -31,12 +31,17 @@ class Prepared:
     climatology: xr.Dataset  # training_mean inputs, computed from the training selection
 
 
-def _open(config: RunConfig) -> xr.Dataset:
-    paths = [resolve_path(p) for p in config.data.paths]
-    try:
-        ds = open_dataset(paths, engine=config.data.engine)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err} (data.paths; paths in a configuration file are read from that file's folder)") from err
+def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
+    if dataset is not None:
+        ds = dataset
+    elif not config.data.paths:
+        raise DataError("data.paths is empty; list the input files, or pass the data as dataset= to run().")
+    else:
+        paths = [resolve_path(p) for p in config.data.paths]
+        try:
+            ds = open_dataset(paths, engine=config.data.engine)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (data.paths; paths in a configuration file are read from that file's folder)") from err
     for dim, step in config.data.thin.items():
         if dim not in ds.dims:
             raise DataError(f"data.thin names dimension {dim!r}, which the input files lack; they have {list(ds.dims)}.")
@@ -44,7 +49,7 @@ def _open(config: RunConfig) -> xr.Dataset:
     for name in config.data.targets:
         if name not in ds.data_vars:
             raise DataError(
-                f"Target variable {name!r} (data.targets) not found in {config.data.paths}; "
+                f"Target variable {name!r} (data.targets) not found in {config.data.paths or 'the dataset'}; "
                 f"the files hold {sorted(map(str, ds.data_vars))}."
             )
     return ds
@@ -123,14 +128,15 @@ def _predictor(ds: xr.Dataset, features: xr.Dataset, spec: PredictorSpec) -> xr.
     return regimes.external_predictor(series_ds[spec.variable], ds, spec.dim)
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, dataset: xr.Dataset | None = None) -> Prepared:
     """Open the inputs, build features and predictors, split them and assign subsets.
 
+    ``dataset``, when given, is used instead of the files in ``data.paths``.
     Statistics that need the training data (climatology inputs) are computed from
     the training selection only. Predictors come from inputs, coordinates or
     external series, never from targets of the application selection.
     """
-    ds = _open(config)
+    ds = _open(config, dataset)
     split = config.split
     train_raw = select_split(ds, config, "train")
 

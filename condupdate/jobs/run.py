@@ -63,7 +63,13 @@ def _matrices(prep: Prepared, selection: xr.Dataset) -> tuple[xr.DataArray, np.n
     return X, np.asarray(X.values, dtype="float64"), np.asarray(Y, dtype="float64"), np.asarray(P, dtype="float64")
 
 
-def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False) -> RunResult:
+def run(
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    dataset: xr.Dataset | None = None,
+) -> RunResult:
     """Train the parent, fine-tune per subset, regress the anomalies and score the child.
 
     Parameters
@@ -77,6 +83,9 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
         Replace results in a non-empty ``out_dir``.
     progress : bool
         Show progress bars.
+    dataset : xarray.Dataset, optional
+        Data to use instead of the files in ``config.data.paths``, for example a
+        Dataset already open in a notebook.
 
     Returns
     -------
@@ -89,7 +98,7 @@ def run(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = 
     # Phase 1: data, split, subsets and predictors (statistics from training data only).
     # Inputs are opened lazily before the output folder is made, so a bad file or
     # variable name leaves no empty folder behind.
-    prep = prepare(config)
+    prep = prepare(config, dataset)
     if out_dir is not None:
         _check_replaceable(Path(out_dir), overwrite)
     sample_dims = config.data.sample_dims
