@@ -1,4 +1,4 @@
-"""Command line: ``condupdate demo`` and ``condupdate run CONFIG.yaml``."""
+"""Command line: ``condupdate demo``, ``condupdate run CONFIG.yaml`` and ``condupdate plot RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path, help="YAML configuration file (see the README for its keys)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: ./runs/NAME, NAME from the configuration)")
     run.add_argument("--overwrite", action="store_true", help="replace results in a non-empty output folder")
+
+    plot = sub.add_parser(
+        "plot",
+        parents=[common],
+        help="redraw the figures of a finished run from its saved outputs, without retraining",
+        description=(
+            "Read predictions.nc, anomalies.nc, training_history.json, skill.csv, config.yaml and model/ "
+            "from RUN_DIR and write every figure as PNG. Nothing is trained. Prints the paths written."
+        ),
+    )
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="output folder of a finished run or demo")
+    plot.add_argument("--out", type=Path, default=None, help="folder for the PNG files, made if missing (default: RUN_DIR)")
     return parser
 
 
@@ -120,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``condupdate`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.command == "plot":
+        from condupdate.jobs.redraw import redraw
+
+        try:
+            paths = redraw(args.run_dir, out=args.out)
+        except (DataError, FileNotFoundError, NotADirectoryError) as err:
+            print(f"condupdate plot: error: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(str(path) for path in paths))
+        return 0
 
     # Imported here so that --help prints without loading torch.
     from condupdate.jobs.run import run

@@ -16,7 +16,7 @@ import xarray as xr
 import yaml
 
 from condupdate import __version__ as condupdate_version
-from condupdate import plot, skill
+from condupdate import skill
 from condupdate._errors import DataError
 from condupdate._io import atomic_path, check_output_dir, new_sibling_dir, swap_directory
 from condupdate.data import Normalizer, select, stack_samples
@@ -24,6 +24,7 @@ from condupdate.emulators import MLP, TrainConfig, train
 from condupdate.bundle import AdaptedEmulator, fingerprint, save
 from condupdate.jobs.config import RunConfig
 from condupdate.jobs.prepare import Prepared, per_sample, prepare
+from condupdate.jobs.redraw import load_outputs, write_figures
 from condupdate.update import ConditionalUpdate, save_anomalies
 from condupdate.update.regressors import mahalanobis_distance, make_regressor
 from condupdate.update.spaces import make_space
@@ -47,6 +48,7 @@ class RunResult:
     emulator: AdaptedEmulator  # what `condupdate.save` writes and `.predict(ds)` uses
     ensemble_skill: dict[str, xr.Dataset] = field(default_factory=dict)  # per target: rmse, crps, spread_skill_ratio
     distances: xr.Dataset | None = None  # with several predictors: distance per predictor and Mahalanobis distance
+    application_predictor: xr.DataArray | None = None  # (predictor, sample dims...) of the application selection
     out_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -203,7 +205,13 @@ def run(
             ensemble_scores[target] = table.reset_coords(drop=True).compute()
     timings["total_s"] = time.perf_counter() - start
 
-    result = RunResult(config, scores, predictions, distance, update, adapted, ensemble_scores, distances, None, timings)
+    index = pd.Index(prep.predictors, name="predictor")
+    application_predictor = xr.concat(
+        [prep.apply[f"predictor:{n}"].reset_coords(drop=True) for n in prep.predictors], dim=index
+    ).compute()
+    result = RunResult(
+        config, scores, predictions, distance, update, adapted, ensemble_scores, distances, application_predictor, None, timings
+    )
     if out_dir is not None:
         # Everything is written to a hidden folder first and swapped in at the end,
         # so an interrupted or failed run leaves the earlier results untouched.
@@ -251,6 +259,10 @@ def _predictor_distances(prep: Prepared) -> xr.Dataset:
             "mahalanobis_distance": mahalanobis.assign_attrs(units="1", long_name="Mahalanobis distance to the training predictors"),
         }
     )
+
+
+def _history(history) -> dict[str, object]:
+    return {"train_loss": history.train_loss, "val_loss": history.val_loss, "best_epoch": history.best_epoch}
 
 
 def _prediction_attrs(truth: xr.DataArray, method: str) -> dict[str, str]:
@@ -314,6 +326,7 @@ def _write_outputs(result: RunResult, out: Path, parent_history) -> None:
         [ds.rename({v: f"{target}_{v}" for v in ds.data_vars}) for target, ds in result.predictions.items()]
     )
     predictions["extrapolation_distance"] = result.distance
+    predictions["application_predictor"] = result.application_predictor
     if result.distances is not None:
         predictions["predictor_distance"] = result.distances.extrapolation_distance
         predictions["mahalanobis_distance"] = result.distances.mahalanobis_distance
@@ -339,42 +352,11 @@ def _write_outputs(result: RunResult, out: Path, parent_history) -> None:
     save(result.emulator, out / "model", overwrite=True)
     with atomic_path(out / "training_history.json") as tmp:
         tmp.write_text(json.dumps({
-            "parent": {"train_loss": parent_history.train_loss, "val_loss": parent_history.val_loss},
-            "finetune": {k: {"train_loss": h.train_loss, "val_loss": h.val_loss} for k, h in result.update.histories_.items()},
+            "parent": _history(parent_history),
+            "finetune": {k: _history(h) for k, h in result.update.histories_.items()},
         }))
     with atomic_path(out / "timings.json") as tmp:
         tmp.write_text(json.dumps(result.timings, indent=2))
 
-    # Figures.
-    for target, ds in result.predictions.items():
-        suffix = "" if len(result.predictions) == 1 else f"_{target}"
-        # Deterministic methods only; the ensemble is scored in ensemble_skill.csv.
-        methods = [m for m in METHODS if m in ds and "member" not in ds[m].dims]
-        units = ds.truth.attrs.get("units")
-        weights = _weights(ds.truth)
-        other = [d for d in ds.truth.dims if d != split_dim]
-        if result.distance.dims == (split_dim,):
-            errors = {m: skill.rmse(ds[m], ds.truth, dim=other, weights=weights) for m in methods}
-            fig = plot.error_vs_distance(result.distance, errors, units=units)
-            fig.axes[0].set_title(f"{target}: one point per {split_dim} step applied")
-            fig.axes[0].set_ylim(bottom=0)
-            plot.save_figure(fig, out / f"error_vs_distance{suffix}.png")
-        map_dims = [d for d in ds.truth.dims if d in _MAP_DIM_NAMES]
-        if len(map_dims) == 2:
-            rest = [d for d in ds.truth.dims if d not in map_dims]
-            for name, statistic, options in (
-                ("error_maps", "mean absolute error", {}),
-                ("bias_maps", "mean error (prediction minus truth)", {"cmap": "RdBu_r", "symmetric": True}),
-            ):
-                maps = {}
-                for m in methods:
-                    error = ds[m] - ds.truth
-                    error = abs(error) if name == "error_maps" else error
-                    maps[m] = error.mean(rest).assign_attrs(units=units)
-                fig = plot.error_maps(maps, units=units, **options)
-                fig.suptitle(f"{statistic.capitalize()} of {target} over the application selection")
-                plot.save_figure(fig, out / f"{name}{suffix}.png")
-
-
-# Dimension names of horizontal grids, for maps.
-_MAP_DIM_NAMES = ("latitude", "lat", "nav_lat", "y", "longitude", "lon", "nav_lon", "x")
+    # Figures, drawn from the files just written, exactly as `condupdate plot` redraws them.
+    write_figures(load_outputs(out), out)
