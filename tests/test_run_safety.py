@@ -97,13 +97,14 @@ def test_latitude_split_runs_end_to_end(temperature_file, run_config, tmp_path, 
     absolute_errors, biases = maps_drawn[:2]
     for method in ("parent", "child", "pattern_scaling"):
         error = predictions[method] - predictions.truth
-        assert set(absolute_errors[method].dims) == {"latitude", "longitude"}
+        panel = method.replace("_", " ")  # panel titles use spaces
+        assert set(absolute_errors[panel].dims) == {"latitude", "longitude"}
         np.testing.assert_allclose(
-            absolute_errors[method].transpose("latitude", "longitude").values,
+            absolute_errors[panel].transpose("latitude", "longitude").values,
             abs(error).mean("time").transpose("latitude", "longitude").values,
         )
         np.testing.assert_allclose(
-            biases[method].transpose("latitude", "longitude").values,
+            biases[panel].transpose("latitude", "longitude").values,
             error.mean("time").transpose("latitude", "longitude").values,
         )
 
