@@ -60,3 +60,20 @@ def test_quickstart_matches_command_line_run(tmp_path):
 
     from_run = run(demo_config(quick=True)).skill["air_temperature"].rmse.values
     np.testing.assert_array_equal(np.asarray(from_notebook), from_run)
+
+
+def test_uncertainty_matches_command_line_run(tmp_path):
+    from condupdate.cli import demo_config
+    from condupdate.jobs.config import parse_config
+    from condupdate.jobs.run import run
+
+    save = 'import json\njson.dump(result.ensemble_skill["air_temperature"].crps.values.tolist(), open("crps.json", "w"))'
+    path = next(p for p in NOTEBOOKS if p.stem == "04-uncertainty")
+    _execute(path, tmp_path, extra=save)
+    from_notebook = json.loads((tmp_path / "crps.json").read_text())
+
+    raw = demo_config(quick=True).model_dump(mode="json")
+    raw["regressor"] = {"method": "spline"}
+    raw["update"] = {"members": 5, "ensemble": "members"}
+    from_run = run(parse_config(raw)).ensemble_skill["air_temperature"].crps.values
+    np.testing.assert_array_equal(np.asarray(from_notebook), from_run)
