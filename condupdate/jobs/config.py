@@ -144,6 +144,7 @@ class UpdateSpec(_Strict):
     snr_threshold: Annotated[float, Field(ge=0)] | None = None  # update only parameters with this signal-to-noise or more
     ensemble: Literal["none", "members", "posterior"] = "none"  # child ensemble written beside the child
     n_samples: Annotated[int, Field(ge=2)] = 10  # posterior ensemble size
+    engine: Literal["sequential", "batched"] = "sequential"  # batched: fine-tune all subsets at once with vmap
 
     @model_validator(mode="after")
     def _needs_members(self) -> UpdateSpec:

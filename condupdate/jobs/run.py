@@ -149,6 +149,7 @@ def run(
         space=make_space(spec.parameters, n_layers=spec.n_layers, rank=spec.rank, seed=config.finetune.seed),
         members=spec.members,
         snr_threshold=spec.snr_threshold,
+        engine=spec.engine,
     ).fit(
         [(label, X, Y) for label, X, Y, _ in subset_rows],
         subset_predictors,

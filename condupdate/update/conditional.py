@@ -61,6 +61,10 @@ class ConditionalUpdate:
     snr_threshold : float, optional
         With several members, only parameters whose signal-to-noise ratio is at
         least this value are updated; the others keep the parent's values.
+    engine : {"sequential", "batched"}
+        ``"batched"`` fine-tunes all subsets and members at once with
+        :func:`condupdate.update.batched.finetune_batched` (vmap over stacked
+        copies); its anomalies agree with the sequential loop to rounding.
 
     Attributes
     ----------
@@ -85,9 +89,13 @@ class ConditionalUpdate:
         space: ParameterSpace | None = None,
         members: int = 1,
         snr_threshold: float | None = None,
+        engine: str = "sequential",
     ) -> None:
         if int(members) < 1:
             raise ValueError(f"members must be at least 1, got {members!r}.")
+        if engine not in ("sequential", "batched"):
+            raise ValueError(f"Unknown fine-tuning engine {engine!r}; choose 'sequential' or 'batched'.")
+        self.engine = engine
         self.parent = copy.deepcopy(parent).eval()
         self.regressor = regressor if regressor is not None else WeightRegressor(method="ridge")
         self.finetune = finetune or DEFAULT_FINETUNE
@@ -124,6 +132,22 @@ class ConditionalUpdate:
         self.histories_: dict[str, TrainHistory] = {}
         per_member = []
         units = [(m, label, X, y) for m in range(self.members) for label, X, y in subsets]
+        if self.engine == "batched":
+            from condupdate.update.batched import finetune_batched
+
+            anomalies, histories = finetune_batched(
+                self.parent,
+                [(X, y) for _, _, X, y in units],
+                self.finetune,
+                seeds=[self.finetune.seed + m for m, *_ in units],
+                space=self.space,
+            )
+            for (member, label, _, _), history in zip(units, histories, strict=True):
+                self.histories_[label if self.members == 1 else f"{label}/member {member}"] = history
+            for m in range(self.members):
+                rows = anomalies[m * len(subsets) : (m + 1) * len(subsets)]
+                per_member.append(anomalies_to_dataarray(rows, [s[0] for s in subsets], predictors, names, self.layout_))
+            units = []
         rows = []
         for member, label, X, y in tqdm(units, desc="fine-tuning", disable=not self.finetune.progress):
             # A fresh copy and a fresh optimiser per subset, so each anomaly describes
