@@ -45,7 +45,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
 class AdaptedEmulator:
     """A parent emulator with its conditional weight update, ready to predict from xarray.
 
-    It holds the configuration that describes inputs and predictors, the
+    It contains the configuration that describes inputs and predictors, the
     training climatology, the normalisers fitted on the training selection, the
     parent, the anomaly store and the fitted weight regressor. Build one with
     :func:`condupdate.run` or load one with :func:`load`.
@@ -195,7 +195,7 @@ def _versions() -> dict[str, str]:
 def save(emulator: AdaptedEmulator, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Save an adapted emulator to the folder ``path``, atomically.
 
-    The folder holds ``weights.pt`` (parent weights and ``theta0``, readable with
+    The folder contains ``weights.pt`` (parent weights and ``theta0``, readable with
     ``torch.load(..., weights_only=True)``), ``anomalies.nc``, ``climatology.nc``,
     ``regressor.skops`` (the fitted regressors in skops' format, which loads only
     types the loader trusts and runs no pickled code) and ``metadata.json``
@@ -288,7 +288,7 @@ def load(path: str | os.PathLike) -> AdaptedEmulator:
     allowed_prefixes = ("sklearn.", "numpy.", "scipy.", "condupdate.", "builtins.")
     rejected = [t for t in untrusted if not t.startswith(allowed_prefixes)]
     if rejected:
-        raise ValueError(f"Regressor file {str(path / 'regressor.skops')!r} holds untrusted types {rejected}; not loading it.")
+        raise ValueError(f"Regressor file {str(path / 'regressor.skops')!r} contains untrusted types {rejected}; it was not loaded. Load only bundles written by condupdate.")
     regressors = skops.io.load(path / "regressor.skops", trusted=untrusted)
 
     parent = MLP(**meta["emulator"])

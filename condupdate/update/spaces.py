@@ -119,7 +119,7 @@ class LowRankAdapters(ParameterSpace):
     """Low-rank adapters per linear layer (LoRA): ``W = W0 + B A`` with rank ``rank``.
 
     Only ``A`` and ``B`` are fine-tuned, and anomalies live in that adapter space,
-    which for a linear layer of shape (n_out, n_in) holds ``rank * (n_in + n_out)``
+    which for a linear layer of shape (n_out, n_in) has ``rank * (n_in + n_out)``
     numbers instead of ``n_in * n_out``. Biases and other parameters stay at the
     parent's values. Every subset starts from the same seeded ``A`` and ``B = 0``,
     so anomalies of different subsets share one origin.
