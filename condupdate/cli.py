@@ -81,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="output folder of a finished run or demo")
     plot.add_argument("--out", type=Path, default=None, help="folder for the PNG files, made if missing (default: RUN_DIR)")
+
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate a YAML configuration against its input files and print what a run would use, without training",
+        description=(
+            "Validate CONFIG, open its input files lazily and check coordinates, calendars, masks and the split. "
+            "Prints the selections, sample counts, subsets, predictor ranges and network size. Exits 0 when a run "
+            "could start and 2 with the error otherwise. Nothing is trained or written."
+        ),
+    )
+    check.add_argument("config", type=Path, help="YAML configuration file (see the README for its keys)")
     return parser
 
 
@@ -142,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"condupdate plot: error: {err}", file=sys.stderr)
             return 2
         print("\n".join(str(path) for path in paths))
+        return 0
+
+    if args.command == "check":
+        from condupdate.jobs.check import check as check_config
+
+        try:
+            report = check_config(load_config(args.config))
+        except (ConfigError, DataError, FileNotFoundError, NotADirectoryError) as err:
+            print(f"condupdate check: error: {err}", file=sys.stderr)
+            return 2
+        print(report.format())
         return 0
 
     # Imported here so that --help prints without loading torch.

@@ -13,7 +13,15 @@ from condupdate._errors import DataError, SplitOverlapWarning
 from condupdate.data import open_dataset, select
 from condupdate.jobs.config import PredictorSpec, RunConfig, resolve_path
 
-__all__ = ["Prepared", "build_inputs", "per_sample", "prepare", "select_split", "training_climatology"]
+__all__ = [
+    "Prepared",
+    "build_inputs",
+    "check_training_values",
+    "per_sample",
+    "prepare",
+    "select_split",
+    "training_climatology",
+]
 
 
 @dataclass
@@ -207,3 +215,34 @@ def per_sample(values: xr.DataArray, like: xr.Dataset, sample_dims: list[str]) -
         full = full.broadcast_like(like[d].reset_coords(drop=True))
     full = full.broadcast_like(template).transpose(*sample_dims)
     return np.asarray(full.values).reshape(-1)
+
+
+def check_training_values(prep: Prepared, X: np.ndarray, Y: np.ndarray, P: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Raise :class:`DataError` for an all-NaN column or subset of the training selection.
+
+    ``X`` (sample, feature), ``Y`` (sample, target) and ``P`` (sample, predictor)
+    are the stacked training matrices and ``labels`` the subset label of each
+    sample. Returns the boolean mask of complete samples: every input and
+    predictor finite, and at least one target finite.
+    """
+    split = prep.config.split
+    where = f"the training selection (split.train = {split.train!r} along {split.dim!r})"
+    columns = [("Target variable", "data.targets", prep.targets, Y), ("Input", "data.inputs", prep.features, X)]
+    columns.append(("Predictor", "predictors", prep.predictors, P))
+    for kind, key, names, matrix in columns:
+        for name, finite in zip(names, np.isfinite(matrix).any(0), strict=True):
+            if not finite:
+                raise DataError(
+                    f"{kind} {name!r} ({key}) is NaN at every sample of {where}; check its _FillValue and "
+                    "mask in the files, or choose a split.train range where it has data."
+                )
+
+    valid = np.isfinite(X).all(1) & np.isfinite(Y).any(1) & np.isfinite(P).all(1)
+    for label in regimes.subset_order(prep.subsets):
+        if not valid[labels.astype(str) == label].any():
+            raise DataError(
+                f"Subset {str(label)!r} ({prep.config.subsets.method} along "
+                f"{prep.config.subsets.dim or split.dim!r}) has no complete sample: every sample has a NaN input, "
+                "target or predictor. Move split.train off the missing steps or change subsets.size."
+            )
+    return valid

@@ -22,8 +22,9 @@ from condupdate._io import atomic_path, check_output_dir, new_sibling_dir, swap_
 from condupdate.data import Normalizer, select, stack_samples
 from condupdate.emulators import MLP, TrainConfig, train
 from condupdate.bundle import AdaptedEmulator, fingerprint, save
+from condupdate.jobs.check import EXTRAPOLATION_THRESHOLD
 from condupdate.jobs.config import RunConfig
-from condupdate.jobs.prepare import Prepared, per_sample, prepare
+from condupdate.jobs.prepare import Prepared, check_training_values, per_sample, prepare
 from condupdate.jobs.redraw import load_outputs, write_figures
 from condupdate.update import ConditionalUpdate, save_anomalies
 from condupdate.update.regressors import mahalanobis_distance, make_regressor
@@ -106,7 +107,7 @@ def run(
     sample_dims = config.data.sample_dims
     X_train_da, X_train, Y_train, P_train = _matrices(prep, prep.train)
     labels = per_sample(prep.subsets, prep.train, sample_dims)
-    valid = np.isfinite(X_train).all(1) & np.isfinite(Y_train).any(1) & np.isfinite(P_train).all(1)
+    valid = check_training_values(prep, X_train, Y_train, P_train, labels)
     if not valid.any():
         raise DataError("No complete training sample: every sample has a NaN input, target or predictor.")
     x_norm = Normalizer().fit(X_train_da.isel(sample=np.flatnonzero(valid)))
@@ -196,6 +197,17 @@ def run(
     applied = prep.apply[first]
     distance.attrs["application_predictor_range"] = f"{float(applied.min()):.6g} .. {float(applied.max()):.6g}"
     distances = _predictor_distances(prep) if len(prep.predictors) > 1 else None
+    largest = float(distance.max())
+    if largest > EXTRAPOLATION_THRESHOLD:
+        # NOTE: logged, not warned with ExtrapolationWarning, because the demo and
+        # several test runs extrapolate on purpose. Predictors are never clipped.
+        logger.warning(
+            "application predictor %r lies up to %.2f training standard deviations beyond its training range "
+            "(threshold %g); the child extrapolates there, so check the skill against the distance.",
+            prep.predictors[0],
+            largest,
+            EXTRAPOLATION_THRESHOLD,
+        )
     scores, ensemble_scores = {}, {}
     for target, ds in predictions.items():
         weights = _weights(ds.truth)
