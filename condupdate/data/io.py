@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from condupdate._errors import DataError
+from condupdate.data import quirks
 
 __all__ = ["open_dataset", "select"]
 
@@ -24,16 +25,67 @@ def _is_zarr(path: Path) -> bool:
     )
 
 
+def _open_one(path: Path, chunks: dict[str, int] | str | None, engine: str | None) -> xr.Dataset:
+    # Times are decoded later, by quirks.decode_time, so a failure can name the
+    # file and the fix.
+    try:
+        if _is_zarr(path):
+            return xr.open_zarr(path, chunks=chunks, decode_times=False)
+        return xr.open_dataset(path, chunks=chunks, engine=engine, decode_times=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"Failed to open {str(path)!r} as netCDF or zarr: {err}") from err
+
+
+def _concat_overlapping_times(datasets: list[xr.Dataset], names: str, err: ValueError) -> xr.Dataset:
+    # combine_by_coords rejects files whose time ranges overlap, as when a run was
+    # restarted, so they are concatenated in order of their first time stamp and the
+    # caller drops the repeated steps.
+    if not all("time" in ds.indexes and ds.sizes["time"] > 0 for ds in datasets):
+        raise DataError(f"Failed to combine {names} by their coordinates: {err}") from err
+    ordered = sorted(datasets, key=lambda ds: ds.indexes["time"][0])
+    try:
+        combined = xr.concat(
+            ordered,
+            dim="time",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="exact",
+            combine_attrs="drop_conflicts",
+        )
+    except ValueError as concat_err:
+        raise DataError(
+            f"Failed to combine {names} by their coordinates ({err}) or along time ({concat_err}); "
+            "check that the files share one grid."
+        ) from concat_err
+    return combined
+
+
 def open_dataset(
     paths: PathLike | Sequence[PathLike],
     chunks: dict[str, int] | str | None = "auto",
     engine: str | None = None,
+    decode_times: bool = True,
+    keep_dims: Sequence[str] = (),
 ) -> xr.Dataset:
     """Open one or several netCDF files, or a zarr store, as a dask-backed Dataset.
 
-    Times are always decoded to cftime objects (``use_cftime=True``), so 360_day,
-    noleap and other CF calendars keep their calendar and are never converted to
-    pandas datetimes.
+    Times are decoded to cftime objects, so 360_day, noleap and other CF calendars
+    keep their calendar and are never converted to pandas datetimes. Each file is
+    cleaned before combining (see :mod:`condupdate.data.quirks`):
+
+    - dimension coordinates named by CF attributes only (Ferret's ``LAT``,
+      ``XAXIS``, ``TIME``) are renamed to ``lat``, ``lon``, ``time``, ``depth``;
+    - float16 variables become float32;
+    - repeated time stamps with identical values are dropped (with a logged
+      warning) and the time axis is sorted, within a file and across files that
+      overlap in time;
+    - a last longitude column repeating the first 360 degrees later is dropped.
+
+    Several files are then combined by their coordinates, after float coordinates
+    that agree with the first file's within 1e-5 are set to the first file's
+    values. Length-one dimensions other than time, lat, lon and ``keep_dims`` are
+    squeezed to scalar coordinates.
 
     Parameters
     ----------
@@ -44,6 +96,10 @@ def open_dataset(
         Dask chunk sizes per dimension; ``None`` loads eagerly with numpy.
     engine : str, optional
         xarray backend for netCDF files, for example ``"netcdf4"`` or ``"h5netcdf"``.
+    decode_times : bool, default True
+        False keeps time as numbers, for files whose time units cftime cannot decode.
+    keep_dims : sequence of str, default ()
+        Length-one dimensions to keep, for example a sample dimension ``member``.
 
     Returns
     -------
@@ -55,7 +111,8 @@ def open_dataset(
     FileNotFoundError
         If a path does not exist.
     DataError
-        If a file exists but cannot be read as netCDF or zarr.
+        If a file exists but cannot be read as netCDF or zarr, its time units cannot
+        be decoded, or repeated time stamps or longitudes hold different values.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -66,18 +123,23 @@ def open_dataset(
         if not path.exists():
             raise FileNotFoundError(f"Input file {str(path)!r} not found; check the path.")
 
-    time_coder = xr.coders.CFDatetimeCoder(use_cftime=True)
-    try:
-        if len(paths) == 1 and _is_zarr(paths[0]):
-            return xr.open_zarr(paths[0], chunks=chunks, decode_times=time_coder)
-        if len(paths) == 1:
-            return xr.open_dataset(paths[0], chunks=chunks, engine=engine, decode_times=time_coder)
-        return xr.open_mfdataset(
-            paths, chunks=chunks, engine=engine, decode_times=time_coder, combine="by_coords"
-        )
-    except (OSError, ValueError) as err:
+    datasets = [
+        quirks.clean_dataset(_open_one(path, chunks, engine), repr(str(path)), decode_times=decode_times)
+        for path in paths
+    ]
+
+    if len(datasets) == 1:
+        ds = datasets[0]
+    else:
+        datasets = quirks.snap_coordinates(datasets)
         names = ", ".join(repr(str(p)) for p in paths)
-        raise DataError(f"Failed to open {names} as netCDF or zarr: {err}") from err
+        try:
+            ds = xr.combine_by_coords(datasets, combine_attrs="drop_conflicts")
+        except ValueError as err:
+            ds = _concat_overlapping_times(datasets, names, err)
+        # combine_by_coords accepts files that share their boundary time stamp.
+        ds = quirks.drop_duplicate_times(ds, names)
+    return quirks.squeeze_extra_dims(ds, keep=keep_dims)
 
 
 def select(obj: xr.Dataset | xr.DataArray, dim: str, selection: Any) -> xr.Dataset | xr.DataArray:

@@ -47,7 +47,8 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
     else:
         paths = [resolve_path(p) for p in config.data.paths]
         try:
-            ds = open_dataset(paths, engine=config.data.engine)
+            # Sample dims of length one (a single member, say) must not be squeezed away.
+            ds = open_dataset(paths, engine=config.data.engine, keep_dims=tuple(config.data.sample_dims))
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (data.paths; paths in a configuration file are read from that file's folder)") from err
     for dim, step in config.data.thin.items():
