@@ -16,7 +16,7 @@ class SplitOverlapWarning(CondupdateWarning):
 
 
 class ConfigError(ValueError):
-    """A configuration key holds an invalid value."""
+    """A configuration key has an invalid value."""
 
 
 class DataError(ValueError):

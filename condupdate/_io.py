@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "check_output_dir", "new_sibling_dir", "prepare_output_dir", "swap_directory"]
+__all__ = ["atomic_path", "check_output_dir", "new_sibling_dir", "swap_directory"]
 
 
 @contextlib.contextmanager
@@ -39,35 +39,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create the output folder ``path``, refusing a non-empty one unless ``overwrite``.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` holds files and ``overwrite`` is false.
-    NotADirectoryError
-        If ``path`` exists and is a file.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"Output path {str(path)!r} is a file; give a folder path with --out.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"Output folder {str(path)!r} is not empty; choose another folder with --out "
-            "or pass --overwrite to replace the results in it."
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that results may be written to the folder ``path``, without creating it.
 
     Raises
     ------
     FileExistsError
-        If ``path`` holds files and ``overwrite`` is false.
+        If ``path`` contains files and ``overwrite`` is false.
     NotADirectoryError
         If ``path`` exists and is a file.
     """

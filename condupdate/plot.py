@@ -385,7 +385,7 @@ def anomaly_vs_predictor(
     -------
     matplotlib.figure.Figure
         The figure. Each panel title names the tensor and element and gives
-        the ranking score; the first panel holds the legend.
+        the ranking score; the first panel contains the legend.
 
     Examples
     --------

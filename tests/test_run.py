@@ -26,7 +26,7 @@ TRAIN_STEPS = 30  # 1860-1889 of the 40 years in the test files
 
 
 def _load_model(out_dir: Path) -> dict:
-    # The bundle's metadata holds the normalisers; the weights load without code.
+    # The bundle's metadata contains the normalisers; the weights load without code.
     torch.load(out_dir / "model" / "weights.pt", weights_only=True)
     return json.loads((out_dir / "model" / "metadata.json").read_text())
 

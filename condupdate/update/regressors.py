@@ -261,7 +261,7 @@ class _BaseWeightRegressor(RegressorMixin, BaseEstimator):
 class WeightRegressor(_BaseWeightRegressor):
     """Regress weight anomalies on predictors with one multi-output linear fit.
 
-    All parameters are fitted at once: ``Y`` holds one column per network
+    All parameters are fitted at once: ``Y`` has one column per network
     parameter, and scikit-learn solves the least-squares problems of all columns
     in one factorisation rather than in a Python loop. Predictors are standardised
     inside the estimator. Both methods are linear in the predictors, so outside the
