@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 SAMPLE_PREFIX = "sample:"
+DATASET_PREFIX = "dataset:"  # data of a loader in condupdate.datasets.LOADERS
 # Names of condupdate.emulators.ACTIVATIONS, repeated here so that reading a
 # configuration does not import torch (a test checks that the two agree).
 ACTIVATION_NAMES = ("elu", "gelu", "relu", "sigmoid", "silu", "tanh")
@@ -75,7 +76,7 @@ class PredictorSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    paths: list[str] = []  # netCDF files or a zarr store; "sample:NAME" for iris-sample-data; empty with run(dataset=...)
+    paths: list[str] = []  # netCDF files or a zarr store; "sample:NAME" for iris-sample-data; "dataset:NAME" for condupdate.datasets; empty with run(dataset=...)
     engine: str | None = None  # xarray backend, for example netcdf4 or h5netcdf
     targets: Annotated[list[str], Field(min_length=1)]  # variables the emulator predicts
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
@@ -263,7 +264,9 @@ def load_config(path: str | os.PathLike) -> RunConfig:
 
 def _relative_to(folder: Path, path: str) -> str:
     # Relative paths in a config file are read relative to that file's folder.
-    return path if path.startswith(SAMPLE_PREFIX) or Path(path).is_absolute() else str(folder / path)
+    if path.startswith((SAMPLE_PREFIX, DATASET_PREFIX)) or Path(path).is_absolute():
+        return path
+    return str(folder / path)
 
 
 def resolve_path(path: str) -> Path:

@@ -11,7 +11,7 @@ import xarray as xr
 from condupdate import regimes
 from condupdate._errors import DataError, SplitOverlapWarning
 from condupdate.data import open_dataset, select
-from condupdate.jobs.config import PredictorSpec, RunConfig, resolve_path
+from condupdate.jobs.config import DATASET_PREFIX, PredictorSpec, RunConfig, resolve_path
 
 __all__ = [
     "Prepared",
@@ -44,6 +44,8 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
         ds = dataset
     elif not config.data.paths:
         raise DataError("data.paths is empty; list the input files, or pass the data as dataset= to run().")
+    elif any(p.startswith(DATASET_PREFIX) for p in config.data.paths):
+        ds = _open_registered(config.data.paths)
     else:
         paths = [resolve_path(p) for p in config.data.paths]
         try:
@@ -62,6 +64,18 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
                 f"the files hold {sorted(map(str, ds.data_vars))}."
             )
     return ds
+
+
+def _open_registered(paths: list[str]) -> xr.Dataset:
+    # "dataset:NAME" names the data of a loader in condupdate.datasets.LOADERS.
+    from condupdate.datasets import LOADERS, load_dataset
+
+    if len(paths) != 1:
+        raise DataError(f"data.paths = {paths!r}: a 'dataset:NAME' entry must be the only path; remove the others.")
+    name = paths[0][len(DATASET_PREFIX) :]
+    if name not in LOADERS:
+        raise DataError(f"data.paths: unknown dataset {name!r}; known datasets: {sorted(LOADERS)}.")
+    return load_dataset(name)
 
 
 def training_climatology(train: xr.Dataset, config: RunConfig) -> xr.Dataset:

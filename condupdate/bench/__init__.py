@@ -1,0 +1,1 @@
+"""The use-case scorecard: cases, baselines and ``condupdate bench``."""

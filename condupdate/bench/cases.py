@@ -1,0 +1,48 @@
+"""The use cases of the scorecard: one configuration file per case under ``data/configs/``.
+
+Each case is an ordinary run configuration that ``condupdate run`` executes; the
+scorecard adds baselines on the same split. ``quick`` holds the overrides of
+``condupdate bench --quick`` (fewer epochs, a thinner grid), merged key by key
+into the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CASES", "Case", "configs_dir"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # temporal, spatial or cross-domain extrapolation
+    config: str  # file name under data/configs/
+    quick: dict[str, Any] = field(default_factory=dict)
+
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in [
+        Case("warm-future", "temporal", "warm-future.yaml"),
+        Case("scenario-transfer", "temporal", "scenario-transfer.yaml"),
+        Case("amoc-tipping", "temporal", "amoc-tipping.yaml"),
+        Case("deep-density", "spatial", "deep-density.yaml"),
+        Case("cross-model", "cross-domain", "cross-model.yaml"),
+        Case("wind-uncertainty", "cross-domain", "wind-uncertainty.yaml"),
+    ]
+}
+
+
+def configs_dir() -> Path:
+    """Return the folder of the case configurations: ``$CONDUPDATE_CONFIGS`` or ``data/configs`` of the source tree."""
+    folder = Path(os.environ.get("CONDUPDATE_CONFIGS", Path(__file__).resolve().parents[2] / "data" / "configs"))
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Case configurations folder {str(folder)!r} not found; run from a source checkout of condupdate "
+            "or set CONDUPDATE_CONFIGS to the folder holding the case YAML files."
+        )
+    return folder
