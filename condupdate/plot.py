@@ -563,6 +563,10 @@ def time_series(
         else:
             ax.plot(x, np.asarray(mean.values, dtype=float), color=colours[name], linewidth=2.4, label=_method_label(name))
 
+    labels = _category_labels(truth, dim)
+    if labels is not None:
+        # Named steps (models, scenarios) are drawn at their positions and labelled by name.
+        ax.set_xticks(x, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
     if calendar is not None:
         # Whole years as ticks, printed without a thousands offset.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -1070,7 +1074,19 @@ def _time_axis_values(field: xr.DataArray, dim: str) -> tuple[np.ndarray, str, s
     if values.dtype == object and hasattr(first, "calendar"):
         calendar = first.calendar or "standard"
         return _cftime_decimal_years(values), f"year ({calendar} calendar)", calendar
+    if _category_labels(field, dim) is not None:
+        return np.arange(values.size, dtype=float), dim, None
     return np.asarray(values, dtype=float), _axis_label(field, dim), None
+
+
+def _category_labels(field: xr.DataArray, dim: str) -> list[str] | None:
+    """Return the labels of a ``dim`` coordinate that holds names (models, scenarios), else None."""
+    if dim not in field.coords:
+        return None
+    values = np.asarray(field[dim].values)
+    if values.dtype.kind in "US" or (values.dtype == object and all(isinstance(v, str) for v in values.ravel())):
+        return [str(v) for v in values.ravel()]
+    return None
 
 
 def _cftime_decimal_years(dates: np.ndarray) -> np.ndarray:

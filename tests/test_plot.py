@@ -219,3 +219,17 @@ def test_save_figure_rejects_other_suffix(tmp_path):
 
     with pytest.raises(ValueError, match="must end in '.png'"):
         save_figure(fig, path)
+
+
+def test_time_series_labels_named_steps_by_name():
+    # A split dim of names (climate models, scenarios) has no numeric value to plot against.
+    rng = np.random.default_rng(0)
+    truth = xr.DataArray(rng.random((3, 4)), dims=("model", "point"), coords={"model": ["CanESM5", "MIROC6", "UKESM1"]})
+    from condupdate.plot import time_series
+
+    fig = time_series(truth, {"child": truth + 0.5}, dim="model")
+    ax = fig.axes[0]
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["CanESM5", "MIROC6", "UKESM1"]
+    child = next(line for line in ax.get_lines() if line.get_label() == "child")
+    np.testing.assert_allclose(child.get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(child.get_ydata(), truth.mean("point").values + 0.5)

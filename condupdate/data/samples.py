@@ -67,9 +67,9 @@ def stack_samples(
         columns.append(column.reset_coords(drop=True).drop_attrs())
 
     # Broadcast against a template so a sample dim that no column has still counts.
-    template = xr.zeros_like(ds[sample_dims[0]]).reset_coords(drop=True)
+    template = xr.zeros_like(ds[sample_dims[0]], dtype=float).reset_coords(drop=True)
     for d in sample_dims[1:]:
-        template = template + xr.zeros_like(ds[d]).reset_coords(drop=True)
+        template = template + xr.zeros_like(ds[d], dtype=float).reset_coords(drop=True)
     columns = [c.broadcast_like(template).transpose(*sample_dims) for c in columns]
 
     # Plain unicode labels (not pandas' string dtype) so the coordinate writes to netCDF.

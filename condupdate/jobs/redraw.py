@@ -85,7 +85,10 @@ class RunOutputs:
     def methods(self, target: str) -> dict[str, xr.DataArray]:
         """Return each method's prediction of ``target``, parent and child first."""
         ds = self.target_predictions(target)
-        found = [str(name) for name in ds.data_vars if name != "truth" and not str(name).endswith("_distance")]
+        # NAME_std is the predictive standard deviation of method NAME, not a method.
+        found = [
+            str(name) for name in ds.data_vars if name != "truth" and not str(name).endswith(("_distance", "_std"))
+        ]
         ordered = [m for m in _METHOD_ORDER if m in found] + [m for m in found if m not in _METHOD_ORDER]
         return {m: ds[m] for m in ordered}
 
