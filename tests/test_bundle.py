@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import json
+import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -187,3 +191,75 @@ def test_members_write_signal_to_noise(run_config, temperature_file, tmp_path):
         kept = (ratio.values >= 0.5).sum()
     assert kept == result.update.updated_.sum()
     assert result.update.updated_.sum() < result.update.updated_.size
+
+
+# --------------------------------------------------------------------------- #
+# A bundle saved on a GPU, loaded on a CPU
+# --------------------------------------------------------------------------- #
+
+# torch.save records each storage's device as the location string that the first
+# tagger registered with torch.serialization.register_package returns. This tagger
+# returns "cuda:0" while the flag is set, the string torch records for a tensor on
+# the first GPU, so a machine without one writes a GPU-tagged archive. Otherwise it
+# returns None and torch asks its own taggers, so one registration serves the module.
+_SAVE_AS_CUDA = contextvars.ContextVar("save_as_cuda", default=False)
+torch.serialization.register_package(
+    0, lambda storage: "cuda:0" if _SAVE_AS_CUDA.get() else None, lambda storage, location: None
+)
+
+
+class _LocationRecorder(pickle.Unpickler):
+    """Read the device of every storage in a torch.save archive, without building tensors."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.locations = []
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        return lambda *args, **kwargs: None  # torch's tensor builders; only the locations matter
+
+    def persistent_load(self, pid):
+        # ("storage", storage type, key, location, number of elements)
+        self.locations.append(pid[3])
+
+
+def _storage_locations(path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+        recorder = _LocationRecorder(archive.open(name))
+        recorder.load()
+    return recorder.locations
+
+
+def test_bundle_saved_on_gpu_loads_on_cpu(fitted, tmp_path):
+    result, apply = fitted
+    token = _SAVE_AS_CUDA.set(True)
+    try:
+        path = save(result.emulator, tmp_path / "model")
+    finally:
+        _SAVE_AS_CUDA.reset(token)
+    locations = _storage_locations(path / "weights.pt")
+
+    loaded = load(path)
+
+    assert locations and set(locations) == {"cuda:0"}
+    assert not torch.cuda.is_available()
+    for method in ("child", "parent"):
+        before = result.emulator.predict(apply, method=method).air_temperature
+        after = loaded.predict(apply, method=method).air_temperature
+        np.testing.assert_array_equal(after.values, before.values)
+
+
+def test_gpu_weights_need_map_location(fitted, tmp_path):
+    # The archive really names a CUDA device: without map_location torch fails on a CPU.
+    result, _ = fitted
+    token = _SAVE_AS_CUDA.set(True)
+    try:
+        path = save(result.emulator, tmp_path / "model")
+    finally:
+        _SAVE_AS_CUDA.reset(token)
+
+    with pytest.raises(RuntimeError, match="CUDA device but torch.cuda.is_available"):
+        torch.load(path / "weights.pt", weights_only=True)

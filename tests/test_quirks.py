@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 
 import cftime
 import dask.array
@@ -18,7 +19,8 @@ from hypothesis.extra import numpy as hnp
 
 from condupdate._errors import DataError
 from condupdate.data import Normalizer, open_dataset, stack_samples, unstack_samples
-from condupdate.data.quirks import normalize_longitude, standardize_coordinates
+from condupdate.data.io import find_variable_groups, list_groups
+from condupdate.data.quirks import check_variable_name, normalize_longitude, normalize_names, standardize_coordinates
 
 
 def _write_time_file(path, units, calendar=None, times=(0.0, 1.0, 2.0), values=None, time_name="time"):
@@ -429,3 +431,157 @@ def test_normalizer_round_trip_property(values):
 
     np.testing.assert_array_equal(np.isnan(restored.values), np.isnan(stacked.values))
     np.testing.assert_allclose(restored.values, stacked.values, rtol=1e-9, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Groups
+# --------------------------------------------------------------------------- #
+
+
+def _write_nested_groups(path):
+    # time in the root group, x in /forecast, the field in /forecast/surface, which
+    # inherits both dimensions; /forecast/ocean has its own x of another size.
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", 3)
+        time = nc.createVariable("time", "f8", ("time",))
+        time.units, time.calendar = "days since 2000-01-01", "noleap"
+        time[:] = [0.0, 1.0, 2.0]
+        forecast = nc.createGroup("forecast")
+        forecast.createDimension("x", 2)
+        forecast.createVariable("x", "f8", ("x",))[:] = [10.0, 20.0]
+        surface = forecast.createGroup("surface")
+        tas = surface.createVariable("tas", "f4", ("time", "x"))
+        tas.units = "K"
+        tas[:] = np.arange(6.0).reshape(3, 2)
+        ocean = forecast.createGroup("ocean")
+        ocean.createDimension("x", 4)
+        ocean.createVariable("tas", "f4", ("x",))[:] = np.arange(4.0)
+    return path
+
+
+def test_open_group_inherits_parent_coordinates(tmp_path):
+    path = _write_nested_groups(tmp_path / "g.nc")
+
+    ds = open_dataset(path, group="forecast/surface")
+
+    assert ds.tas.dims == ("time", "x")
+    np.testing.assert_array_equal(ds.tas.values, np.arange(6.0).reshape(3, 2))
+    np.testing.assert_array_equal(ds.x.values, [10.0, 20.0])
+    assert ds.time.values[2] == cftime.DatetimeNoLeap(2000, 1, 3)
+    assert ds.tas.attrs["units"] == "K"
+
+
+@pytest.mark.parametrize("spelling", ["/forecast/surface", "forecast/surface/", "forecast/surface"])
+def test_open_group_spellings_agree(tmp_path, spelling):
+    path = _write_nested_groups(tmp_path / "g.nc")
+
+    ds = open_dataset(path, group=spelling)
+
+    np.testing.assert_array_equal(ds.tas.values, np.arange(6.0).reshape(3, 2))
+
+
+def test_open_group_own_dimension_wins(tmp_path):
+    # /forecast/ocean defines its own x of size 4, so /forecast's x must not attach.
+    path = _write_nested_groups(tmp_path / "g.nc")
+
+    ds = open_dataset(path, group="forecast/ocean")
+
+    assert ds.sizes["x"] == 4
+    assert "x" not in ds.coords
+
+
+def test_open_missing_group_lists_groups(tmp_path):
+    path = _write_nested_groups(tmp_path / "g.nc")
+
+    with pytest.raises(DataError, match=r"Group '/analysis' not found in '.*g\.nc', which has the groups \['/', '/forecast', '/forecast/surface', '/forecast/ocean'\]"):
+        open_dataset(path, group="analysis")
+
+
+def test_find_variable_groups_lists_each_file(tmp_path):
+    nested = _write_nested_groups(tmp_path / "g.nc")
+    flat = _write_time_file(tmp_path / "t.nc", "days since 2000-01-01", "noleap")
+
+    found = find_variable_groups([nested, flat], "tas")
+
+    assert found == {str(nested): ["/forecast/surface", "/forecast/ocean"], str(flat): ["/"]}
+    assert find_variable_groups(nested, "pr") == {}
+
+
+# zarr 3 warns that consolidated metadata is not in the version 3 specification.
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+def test_open_zarr_group(tmp_path):
+    store = tmp_path / "g.zarr"
+    field = xr.Dataset({"tas": ("time", np.arange(3.0))}, coords={"time": ("time", [0.0, 1.0, 2.0], {"units": "days since 2000-01-01", "calendar": "360_day"})})
+    field.to_zarr(store, group="forecast")
+
+    ds = open_dataset(store, group="forecast")
+
+    np.testing.assert_array_equal(ds.tas.values, [0.0, 1.0, 2.0])
+    assert ds.time.values[1] == cftime.Datetime360Day(2000, 1, 2)
+    assert list_groups(store) == ["/", "/forecast"]
+    assert find_variable_groups(store, "tas") == {str(store): ["/forecast"]}
+    with pytest.raises(DataError, match=r"Group '/analysis' not found in '.*g\.zarr', which has the groups \['/', '/forecast'\]"):
+        open_dataset(store, group="analysis")
+
+
+# --------------------------------------------------------------------------- #
+# Names with spaces, slashes and non-ASCII letters
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("name", ["air temperature", "température", "温度", "x:y", "1000hPa"])
+def test_unusual_names_round_trip(tmp_path, name):
+    _write_time_file(tmp_path / "t.nc", "days since 2000-01-01", "noleap")
+    xr.open_dataset(tmp_path / "t.nc").load().rename(tas=name).to_netcdf(tmp_path / "n.nc")
+
+    ds = open_dataset(tmp_path / "n.nc")
+
+    assert list(ds.data_vars) == [name]
+    np.testing.assert_array_equal(ds[name].values, [0.0, 1.0, 2.0])
+    check_variable_name(name)
+
+
+def test_decomposed_names_become_nfc():
+    decomposed = unicodedata.normalize("NFD", "température")
+    ds = xr.Dataset({decomposed: ("x", [1.0])})
+
+    normalized = normalize_names(ds)
+
+    assert list(normalized.data_vars) == ["température"]
+    assert len(decomposed) == len("température") + 1
+
+
+def test_names_equal_after_nfc_raise():
+    ds = xr.Dataset({"température": ("x", [1.0]), unicodedata.normalize("NFD", "température"): ("x", [2.0])})
+
+    with pytest.raises(DataError, match=r"differ only in their Unicode normalisation \(\['température'\]\)"):
+        normalize_names(ds, "'t.nc'")
+
+
+def test_netcdf4_reads_slash_as_group_path(tmp_path):
+    # netCDF4-python creates the group 'air' with a variable 'temperature' for the
+    # name 'air/temperature'; the netCDF library itself forbids '/' in names.
+    with netCDF4.Dataset(tmp_path / "s.nc", "w") as nc:
+        nc.createDimension("x", 2)
+        nc.createVariable("air/temperature", "f4", ("x",))[:] = [1.0, 2.0]
+
+    ds = open_dataset(tmp_path / "s.nc", group="air")
+
+    assert list(ds.data_vars) == ["temperature"]
+    assert find_variable_groups(tmp_path / "s.nc", "temperature") == {str(tmp_path / "s.nc"): ["/air"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("air/temperature", r"'air/temperature' contains '/'.*name it 'temperature' and set data.group: air"),
+        ("/temperature", r"in the root group of the files, name it 'temperature'; otherwise"),
+        (" tas", r"' tas' is not a valid netCDF name"),
+        ("tas ", r"'tas ' is not a valid netCDF name"),
+        ("-tas", r"'-tas' is not a valid netCDF name"),
+        ("tas\x07", r"is not a valid netCDF name"),
+    ],
+)
+def test_unwritable_names_raise(name, message):
+    with pytest.raises(DataError, match=rf"^Target variable .*{message}"):
+        check_variable_name(name, "Target variable")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ import xarray as xr
 from condupdate._errors import DataError
 from condupdate.data import quirks
 
-__all__ = ["open_dataset", "select"]
+__all__ = ["find_variable_groups", "list_groups", "open_dataset", "select"]
 
 PathLike = str | os.PathLike
+
+logger = logging.getLogger(__name__)
 
 
 def _is_zarr(path: Path) -> bool:
@@ -25,15 +29,143 @@ def _is_zarr(path: Path) -> bool:
     )
 
 
-def _open_one(path: Path, chunks: dict[str, int] | str | None, engine: str | None) -> xr.Dataset:
+def _open_group(path: Path, chunks: dict[str, int] | str | None, engine: str | None, group: str | None) -> xr.Dataset:
     # Times are decoded later, by quirks.decode_time, so a failure can name the
     # file and the fix.
+    if _is_zarr(path):
+        return xr.open_zarr(path, group=group, chunks=chunks, decode_times=False)
+    return xr.open_dataset(path, group=group, chunks=chunks, engine=engine, decode_times=False)
+
+
+def _open_one(path: Path, chunks: dict[str, int] | str | None, engine: str | None, group: str | None) -> xr.Dataset:
+    group = _group_path(group)
     try:
-        if _is_zarr(path):
-            return xr.open_zarr(path, chunks=chunks, decode_times=False)
-        return xr.open_dataset(path, chunks=chunks, engine=engine, decode_times=False)
-    except (OSError, ValueError) as err:
+        ds = _open_group(path, chunks, engine, None if group == "/" else group)
+    except (OSError, ValueError, LookupError) as err:
+        groups = list_groups(path) if group != "/" else []
+        if group != "/" and group not in groups:
+            raise DataError(
+                f"Group {group!r} not found in {str(path)!r}, which has the groups {groups}; set group "
+                "(data.group in a configuration) to one of them, or leave it unset for the root group."
+            ) from err
         raise DataError(f"Failed to open {str(path)!r} as netCDF or zarr: {err}") from err
+    if group == "/":
+        return ds
+    return _inherit_coordinates(ds, path, chunks, engine, group)
+
+
+def _group_path(group: str | None) -> str:
+    # "forecast", "forecast/" and "/forecast" name the same group; None and "" the root.
+    if group is None or not group.strip("/"):
+        return "/"
+    return "/" + group.strip("/")
+
+
+def _inherit_coordinates(
+    ds: xr.Dataset, path: Path, chunks: dict[str, int] | str | None, engine: str | None, group: str
+) -> xr.Dataset:
+    # A netCDF4 group inherits the dimensions of its parent groups, but xarray opens
+    # the group alone, so a dimension defined in a parent comes without its
+    # coordinate variable. The nearest parent that contains one supplies it, as the
+    # netCDF data model resolves an inherited dimension in the nearest enclosing group.
+    missing = [str(d) for d in ds.dims if d not in ds.variables]
+    parts = group.strip("/").split("/")
+    parents = ["/".join(parts[:k]) or None for k in range(len(parts) - 1, -1, -1)]
+    for parent in parents:
+        if not missing:
+            break
+        with _open_group(path, chunks, engine, parent) as above:
+            found = {
+                name: above[name].variable
+                for name in missing
+                if name in above.variables and above[name].dims == (name,) and above.sizes[name] == ds.sizes[name]
+            }
+        if found:
+            logger.info("Taking coordinates %s of group %r in %s from its parent groups.", sorted(found), group, str(path))
+            ds = ds.assign_coords(found)
+            missing = [name for name in missing if name not in found]
+    return ds
+
+
+def list_groups(path: PathLike) -> list[str]:
+    """List the groups of a netCDF4 file or zarr store, as paths from ``"/"``.
+
+    Parameters
+    ----------
+    path : path
+        A netCDF file or a zarr store. A netCDF3 file has only the root group.
+
+    Returns
+    -------
+    list of str
+        ``["/", "/forecast", "/forecast/surface", ...]``, parents before children.
+    """
+    return [str(name) for name in _variables_by_group(Path(path))]
+
+
+def _variables_by_group(path: Path) -> dict[str, list[str]]:
+    # Only metadata is read. xarray's open_groups would decode every group, and
+    # fail on a group it cannot decode although the caller needs only the names.
+    if _is_zarr(path):
+        import zarr
+
+        root = zarr.open_group(str(path), mode="r")
+        found = {"/": sorted(name for name, _ in root.arrays())}
+        for name, group in root.groups():
+            for sub, members in _zarr_groups(group, "/" + name).items():
+                found[sub] = members
+        return found
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path) as nc:
+            return _netcdf_groups(nc)
+    except OSError:
+        return {}
+
+
+def _netcdf_groups(group) -> dict[str, list[str]]:
+    found = {group.path: list(group.variables)}
+    for child in group.groups.values():
+        found.update(_netcdf_groups(child))
+    return found
+
+
+def _zarr_groups(group, path: str) -> dict[str, list[str]]:
+    found = {path: sorted(name for name, _ in group.arrays())}
+    for name, child in group.groups():
+        found.update(_zarr_groups(child, f"{path}/{name}"))
+    return found
+
+
+def find_variable_groups(paths: PathLike | Sequence[PathLike], name: str) -> dict[str, list[str]]:
+    """Find the groups that contain a variable, in each of several netCDF4 files or zarr stores.
+
+    Parameters
+    ----------
+    paths : path or sequence of paths
+    name : str
+        Variable name, compared after Unicode NFC normalisation, as netCDF stores names.
+
+    Returns
+    -------
+    dict
+        File path to the list of groups (``"/"`` for the root group) that contain
+        ``name``. Files without it are left out.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    normalized = unicodedata.normalize("NFC", name)
+    found = {}
+    for path in paths:
+        groups = [
+            group
+            for group, names in _variables_by_group(Path(path)).items()
+            if normalized in (unicodedata.normalize("NFC", n) for n in names)
+        ]
+        if groups:
+            found[str(path)] = groups
+    return found
 
 
 def _concat_overlapping_times(datasets: list[xr.Dataset], names: str, err: ValueError) -> xr.Dataset:
@@ -67,6 +199,7 @@ def open_dataset(
     engine: str | None = None,
     decode_times: bool = True,
     keep_dims: Sequence[str] = (),
+    group: str | None = None,
 ) -> xr.Dataset:
     """Open one or several netCDF files, or a zarr store, as a dask-backed Dataset.
 
@@ -80,7 +213,8 @@ def open_dataset(
     - repeated time stamps with identical values are dropped (with a logged
       warning) and the time axis is sorted, within a file and across files that
       overlap in time;
-    - a last longitude column repeating the first 360 degrees later is dropped.
+    - a last longitude column repeating the first 360 degrees later is dropped;
+    - variable names become Unicode NFC, the form netCDF stores names in.
 
     Several files are then combined by their coordinates, after float coordinates
     that agree with the first file's within 1e-5 are set to the first file's
@@ -100,6 +234,11 @@ def open_dataset(
         False keeps time as numbers, for files whose time units cftime cannot decode.
     keep_dims : sequence of str, default ()
         Length-one dimensions to keep, for example a sample dimension ``member``.
+    group : str, optional
+        netCDF4 or zarr group to open in every file, for example ``"forecast"`` or
+        ``"forecast/surface"``; the root group by default. Coordinates of
+        dimensions that the group inherits from a parent group are taken from
+        that parent. :func:`find_variable_groups` returns the groups that contain a variable.
 
     Returns
     -------
@@ -111,8 +250,9 @@ def open_dataset(
     FileNotFoundError
         If a path does not exist.
     DataError
-        If a file exists but cannot be read as netCDF or zarr, its time units cannot
-        be decoded, or repeated time stamps or longitudes hold different values.
+        If a file exists but cannot be read as netCDF or zarr, lacks ``group``, its
+        time units cannot be decoded, or repeated time stamps or longitudes hold
+        different values.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -124,7 +264,7 @@ def open_dataset(
             raise FileNotFoundError(f"Input file {str(path)!r} not found; check the path.")
 
     datasets = [
-        quirks.clean_dataset(_open_one(path, chunks, engine), repr(str(path)), decode_times=decode_times)
+        quirks.clean_dataset(_open_one(path, chunks, engine, group), repr(str(path)), decode_times=decode_times)
         for path in paths
     ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,11 +19,13 @@ import xarray as xr
 from condupdate._errors import DataError
 
 __all__ = [
+    "check_variable_name",
     "clean_dataset",
     "decode_time",
     "drop_duplicate_times",
     "drop_wrapped_longitude",
     "normalize_longitude",
+    "normalize_names",
     "snap_coordinates",
     "squeeze_extra_dims",
     "standardize_coordinates",
@@ -344,8 +347,75 @@ def upcast_float16(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def normalize_names(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """Rename variables and dimensions to the Unicode NFC form of their names.
+
+    The netCDF library stores every name in NFC, so "température" typed with a
+    combining accent (NFD, as some macOS tools write it) comes back from a netCDF
+    file as another string. With NFC names on both sides, a name from a
+    configuration, a zarr store or a file written by condupdate matches the data.
+
+    Raises
+    ------
+    DataError
+        If two names of ``ds`` differ only in their Unicode normalisation.
+    """
+    names = list(dict.fromkeys(str(name) for name in (*ds.variables, *ds.dims)))
+    normalized = [unicodedata.normalize("NFC", name) for name in names]
+    renames = {old: new for old, new in zip(names, normalized, strict=True) if old != new}
+    if not renames:
+        return ds
+    clashes = sorted({new for new in normalized if normalized.count(new) > 1})
+    if clashes:
+        raise DataError(
+            f"{source} contains names that differ only in their Unicode normalisation ({clashes}); "
+            "rename one of each pair, because netCDF stores both as the same NFC name."
+        )
+    logger.info("Renaming %s of %s to their Unicode NFC form.", sorted(renames), source)
+    return ds.rename(renames)
+
+
+def check_variable_name(name: str, description: str = "Variable") -> None:
+    """Raise :class:`DataError` if a netCDF file cannot store ``name`` as a variable name.
+
+    The netCDF library accepts spaces inside a name and any Unicode letter
+    ("air temperature", "température"), but rejects a leading space or
+    punctuation mark, trailing whitespace and control characters. A '/' separates
+    groups in netCDF4 (HDF5) files and zarr stores, so xarray rejects it when
+    writing netCDF, and zarr silently stores ``"a/b"`` as array ``b`` in group ``a``.
+
+    Parameters
+    ----------
+    name : str
+    description : str
+        What the error calls the variable, for example ``"Target variable"``.
+    """
+    import netCDF4
+
+    if "/" in name:
+        group, _, base = name.rpartition("/")
+        group = group.strip("/")
+        where = f"group {group!r}" if group else "the root group"
+        setting = f" and set data.group: {group} (group= in open_dataset)" if group else ""
+        raise DataError(
+            f"{description} {name!r} contains '/', which netCDF4 files and zarr stores read as a group separator, so "
+            f"no output file could store it. For variable {base!r} in {where} of the files, name it "
+            f"{base!r}{setting}; otherwise rename it in the data and the configuration, for example with "
+            f"ds.rename({{{name!r}: {name.strip('/').replace('/', '_')!r}}})."
+        )
+    hint = f"rename it in the data and the configuration, for example with ds.rename({{{name!r}: 'new_name'}})."
+    # The netCDF library is the judge of its own naming rules, so the name is tried
+    # on a file that lives in memory only.
+    with netCDF4.Dataset("condupdate-name-check.nc", "w", diskless=True, persist=False) as probe:
+        try:
+            probe.createDimension(name, 1)
+        except RuntimeError as err:
+            raise DataError(f"{description} {name!r} is not a valid netCDF name ({err}); {hint}") from err
+
+
 def clean_dataset(ds: xr.Dataset, source: str, decode_times: bool = True) -> xr.Dataset:
     """Apply the per-file cleaning steps to a Dataset opened with ``decode_times=False``."""
+    ds = normalize_names(ds, source)
     ds = standardize_coordinates(ds)
     if decode_times:
         ds = decode_time(ds, source)
