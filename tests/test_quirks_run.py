@@ -206,13 +206,17 @@ def test_unwritable_target_name_raises(temperature_dataset, run_config, name, me
         prepare(parse_config(raw), dataset=ds)
 
 
-def test_predictor_name_with_space_raises(temperature_file, run_config):
+def test_predictor_name_with_space_round_trips(temperature_file, run_config, tmp_path):
     raw = run_config([temperature_file])
     raw["data"]["inputs"][0]["name"] = "domain mean temperature"
     raw["predictors"] = [{"input": "domain mean temperature"}]
+    result = run(parse_config(raw), out_dir=tmp_path / "out")
 
-    with pytest.raises(DataError, match=r"Predictor names \['domain mean temperature'\] \(predictors\) contain whitespace"):
-        prepare(parse_config(raw))
+    stored = load_anomalies(tmp_path / "out" / "anomalies.nc")
+    assert "domain mean temperature" in stored.coords
+    xr.testing.assert_identical(stored, result.update.anomalies_)
+    loaded = condupdate.load(tmp_path / "out" / "model")
+    xr.testing.assert_identical(loaded.update.anomalies_, result.update.anomalies_)
 
 
 # --------------------------------------------------------------------------- #

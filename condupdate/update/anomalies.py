@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from xarray.coding.variables import SerializationWarning
 
 from condupdate._io import atomic_path
 from condupdate.update.params import parameter_labels
@@ -87,12 +89,21 @@ def anomaly_layout(anomalies: xr.DataArray) -> list[tuple[str, tuple[int, ...]]]
 def save_anomalies(anomalies: xr.DataArray, path: str | os.PathLike) -> Path:
     """Write the anomaly store to netCDF atomically; an existing file is replaced only on success."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # A predictor named with a space is written as a data variable, and
+        # load_anomalies makes it a coordinate again from the 'predictors' attribute.
+        warnings.filterwarnings("ignore", message="coordinate .* has a space in its name", category=SerializationWarning)
         anomalies.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
     return path
 
 
 def load_anomalies(path: str | os.PathLike) -> xr.DataArray:
     """Read an anomaly store written by :func:`save_anomalies` into memory."""
-    with xr.open_dataarray(path, engine="netcdf4") as da:
-        return da.load()
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        ds = ds.load()
+    da = ds["anomaly"]
+    # The CF 'coordinates' attribute separates names with spaces, so a predictor
+    # whose name holds a space comes back as a data variable; the 'predictors'
+    # attribute lists them all, and each becomes a coordinate on subset again.
+    names = json.loads(da.attrs["predictors"])
+    return da.assign_coords({name: ds[name] for name in names if name not in da.coords})
