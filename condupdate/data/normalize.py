@@ -58,6 +58,36 @@ class Normalizer:
         reductions = [X.mean(self.dim, skipna=True), X.std(self.dim, skipna=True), X.min(self.dim, skipna=True)]
         stats = xr.concat(reductions, "stat").compute()
         mean, std, minimum = (np.asarray(row, dtype="float64") for row in stats.values)
+        self._set_statistics([str(n) for n in X[self.feature_dim].values], mean, std, minimum)
+        return self
+
+    @classmethod
+    def from_statistics(
+        cls,
+        names: list[str],
+        mean: np.ndarray,
+        std: np.ndarray,
+        minimum: np.ndarray,
+        dim: str = "sample",
+        feature_dim: str = "feature",
+    ) -> Normalizer:
+        """Build a fitted normaliser from column statistics computed elsewhere.
+
+        ``mean``, ``std`` (ddof=0) and ``minimum`` are per-column reductions over
+        the training samples, for example dask reductions over fields that were
+        never stacked (see :func:`condupdate.data.stream.fit_normalizers`). Columns
+        that do not vary are handled as in :meth:`fit`.
+        """
+        norm = cls(dim=dim, feature_dim=feature_dim)
+        norm._set_statistics(
+            [str(n) for n in names],
+            np.asarray(mean, dtype="float64"),
+            np.asarray(std, dtype="float64"),
+            np.asarray(minimum, dtype="float64"),
+        )
+        return norm
+
+    def _set_statistics(self, names: list[str], mean: np.ndarray, std: np.ndarray, minimum: np.ndarray) -> None:
         # A constant column still shows a rounding-level spread (about 1e-14 of its
         # value), so any spread below 1e-10 of the mean counts as none. Its exact
         # value (the minimum) replaces the rounded mean, so it maps to exactly 0.
@@ -66,8 +96,7 @@ class Normalizer:
         std = np.where(constant, 1.0, std)
         self.mean_ = mean
         self.scale_ = std
-        self.names_ = [str(n) for n in X[self.feature_dim].values]
-        return self
+        self.names_ = names
 
     def _check_fitted(self, X: Any) -> None:
         if not hasattr(self, "mean_"):
