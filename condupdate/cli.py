@@ -1,14 +1,17 @@
-"""Command line: ``condupdate demo``, ``condupdate run CONFIG.yaml`` and ``condupdate plot RUN_DIR``."""
+"""Command line: ``condupdate demo``, ``condupdate run CONFIG.yaml``, ``condupdate plot RUN_DIR`` and ``condupdate bench``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-from condupdate._errors import ConfigError, DataError
+from condupdate._errors import CondupdateWarning, ConfigError, DataError
 from condupdate.jobs.config import RunConfig, load_config
 
 __all__ = ["main", "demo_config"]
@@ -29,6 +32,20 @@ def demo_config(quick: bool = False) -> RunConfig:
             "finetune": config.finetune.model_copy(update={"epochs": 4}),
         }
     )
+
+
+def _count(minimum: int):
+    # An argparse type: a whole number of at least `minimum`.
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,11 +81,38 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         parents=[common],
         help="run the conditional weight update described by a YAML configuration",
-        description="Validate CONFIG, then train, fine-tune, regress and score, writing results to --out.",
+        description=(
+            "Validate each CONFIG, then train, fine-tune, regress and score, writing results to --out. The parent "
+            "training and each fine-tune are units of work: they run in this process, on a local dask cluster "
+            "(--workers) or on a running dask scheduler (--scheduler). Each finished unit is saved to OUT.checkpoint "
+            "beside the output folder; rerunning the same command resumes from it."
+        ),
     )
-    run.add_argument("config", type=Path, help="YAML configuration file (see the README for its keys)")
-    run.add_argument("--out", type=Path, default=None, help="output folder (default: ./runs/NAME, NAME from the configuration)")
+    run.add_argument("config", type=Path, nargs="+", help="YAML configuration files, run one after another (see the README for their keys)")
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: ./runs/NAME, NAME from the configuration); with several configurations, OUT/NAME for each",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace results in a non-empty output folder")
+    cluster = run.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers", type=_count(1), default=None, metavar="N", help="start a local dask cluster of N worker processes for the units"
+    )
+    cluster.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="run the units on the dask scheduler at ADDRESS, e.g. tcp://10.0.0.5:8786"
+    )
+    run.add_argument(
+        "--retries", type=_count(0), default=2, metavar="N", help="extra attempts for a unit that raises (default: 2)"
+    )
+    run.add_argument(
+        "--threads",
+        type=_count(1),
+        default=1,
+        metavar="N",
+        help="torch threads inside each unit (default: 1); results are bit-identical between runs with the same value",
+    )
 
     plot = sub.add_parser(
         "plot",
@@ -93,6 +137,23 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("config", type=Path, help="YAML configuration file (see the README for its keys)")
+
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="score the child against every baseline on the use cases, with several seeds",
+        description=(
+            "Run each use case whose configuration is in data/configs (or $CONDUPDATE_CONFIGS) once per seed, "
+            "score parent, child, nearest_finetune, linear_baseline, task_vector and predictor_input on the "
+            "application selection, and write bench.csv, summary.csv, gains.csv and figures to --out. "
+            "Prints the mean and 90 % bootstrap interval over seeds. Cases without a configuration file are skipped."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true", help="thinner grids and fewer epochs per case: a smoke test, not a result")
+    bench.add_argument("--seeds", type=int, default=None, help="runs per case, each with other training and fine-tuning seeds (default: 5, or 2 with --quick)")
+    bench.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="cases to run, separated by spaces or commas (default: all registered cases)")
+    bench.add_argument("--out", type=Path, default=Path("condupdate-bench"), help="output folder (default: ./condupdate-bench)")
+    bench.add_argument("--overwrite", action="store_true", help="replace earlier bench results in a non-empty output folder")
     return parser
 
 
@@ -144,7 +205,56 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``condupdate`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with _readable_warnings(args.command):
+        return _dispatch(args)
 
+
+@contextlib.contextmanager
+def _readable_warnings(command: str) -> Iterator[None]:
+    """Show each condupdate warning once, as one line on stderr, while the command runs.
+
+    Python would print the file, line number and source line of the ``warn`` call,
+    which mean nothing to a user of the command line. Other warnings keep Python's
+    format, and ``-W`` options or ``PYTHONWARNINGS`` still filter them all.
+    """
+    show_other = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CondupdateWarning):
+            print(f"condupdate {command}: warning: {message} [{category.__name__}]", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        # Appended, so filters given with -W or PYTHONWARNINGS take precedence.
+        warnings.filterwarnings("once", category=CondupdateWarning, append=True)
+        warnings.showwarning = show
+        yield
+
+
+def _bench_command(args: argparse.Namespace) -> int:
+    from condupdate.bench.scorecard import format_summary, run_bench
+
+    cases = None if args.cases is None else [name for item in args.cases for name in item.split(",") if name]
+    try:
+        result = run_bench(
+            cases, seeds=args.seeds, quick=args.quick, out_dir=args.out, overwrite=args.overwrite,
+            report=lambda line: print(line, file=sys.stderr),
+        )
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"condupdate bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("condupdate bench: interrupted; earlier results in the output folder are unchanged.", file=sys.stderr)
+        return 130
+    print(format_summary(result))
+    if not result.rows:
+        print("condupdate bench: error: no case ran; nothing was written.", file=sys.stderr)
+        return 2
+    return 1 if result.failed else 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "plot":
         from condupdate.jobs.redraw import redraw
 
@@ -155,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("\n".join(str(path) for path in paths))
         return 0
+
+    if args.command == "bench":
+        return _bench_command(args)
 
     if args.command == "check":
         from condupdate.jobs.check import check as check_config
@@ -170,13 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help prints without loading torch.
     from condupdate.jobs.run import run
 
+    if args.command == "run":
+        return _run_command(args)
     try:
-        if args.command == "demo":
-            config = demo_config(quick=args.quick)
-            out = args.out
-        else:
-            config = load_config(args.config)
-            out = args.out if args.out is not None else Path("runs") / config.name
+        config = demo_config(quick=args.quick)
+        out = args.out
         result = run(config, out_dir=out, overwrite=args.overwrite, progress=sys.stderr.isatty())
     except (ConfigError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"condupdate {args.command}: error: {err}", file=sys.stderr)
@@ -186,6 +297,66 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(_report(result))
     return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run each configuration of ``condupdate run`` in turn, sharing one dask client; return the exit status."""
+    from condupdate.jobs.distributed import UnitFailedError, open_client
+    from condupdate.jobs.run import checkpoint_dir, run
+
+    try:
+        configs = [load_config(path) for path in args.config]
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"condupdate run: error: {err}", file=sys.stderr)
+        return 2
+    names = [config.name for config in configs]
+    if len(configs) > 1 and len(set(names)) < len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        print(
+            f"condupdate run: error: configurations share the names {duplicates}, so their results would go to one "
+            "folder; give each configuration its own name.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.out is None:
+        outs = [Path("runs") / name for name in names]
+    else:
+        outs = [args.out] if len(configs) == 1 else [args.out / name for name in names]
+
+    status = 0
+    try:
+        with open_client(workers=args.workers, scheduler=args.scheduler) as client:
+            for config, out in zip(configs, outs, strict=True):
+                try:
+                    result = run(
+                        config,
+                        out_dir=out,
+                        overwrite=args.overwrite,
+                        progress=sys.stderr.isatty(),
+                        client=client,
+                        retries=args.retries,
+                        threads=args.threads,
+                    )
+                except (ConfigError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+                    print(f"condupdate run: error: {config.name}: {err}", file=sys.stderr)
+                    status = max(status, 2)
+                    continue
+                except UnitFailedError as err:
+                    print(f"condupdate run: error: {config.name}: {err}", file=sys.stderr)
+                    status = max(status, 1)
+                    continue
+                except KeyboardInterrupt:
+                    print(
+                        f"condupdate run: interrupted; earlier results in {str(out)!r} are unchanged, and finished "
+                        f"units in {str(checkpoint_dir(out))!r} are loaded when the same command runs again.",
+                        file=sys.stderr,
+                    )
+                    return 130
+                print(_report(result))
+    except ConnectionError as err:
+        print(f"condupdate run: error: {err}", file=sys.stderr)
+        return 2
+    return status
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from condupdate.update.anomalies import anomalies_to_dataarray, predictor_matrix
 from condupdate.update.regressors import WeightRegressor
 from condupdate.update.spaces import AllParameters, ParameterSpace
 
-__all__ = ["ConditionalUpdate", "DEFAULT_FINETUNE"]
+__all__ = ["ConditionalUpdate", "DEFAULT_FINETUNE", "finetune_unit"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,31 @@ DEFAULT_FINETUNE = TrainConfig(epochs=20, learning_rate=3e-4, patience=5)
 # Mean number of samples per distinct child above which children run one batched
 # forward pass each instead of vmap over per-sample weights.
 GROUP_MIN_SAMPLES = 16
+
+
+def finetune_unit(
+    parent: nn.Module, space: ParameterSpace, X: np.ndarray, y: np.ndarray, config: TrainConfig, description: str
+) -> tuple[np.ndarray, TrainHistory]:
+    """Fine-tune a fresh copy of the parent on one subset and return its anomaly and loss history.
+
+    A unit of :meth:`ConditionalUpdate.fit_anomalies`: a module-level function of
+    picklable arguments, so a dask worker runs it as this process would. The
+    parent is prepared by ``space`` inside the unit because prepared low-rank
+    adapters are torch parametrizations, which torch does not pickle.
+
+    Returns
+    -------
+    anomaly : numpy.ndarray, shape (n_parameters,)
+        ``theta_k - theta0`` in the moving parameters of ``space``.
+    history : TrainHistory
+    """
+    # A fresh copy and a fresh optimiser per subset, so each anomaly describes its
+    # subset alone and not the order in which subsets were visited.
+    model = space.prepare(parent)
+    theta0 = space.vector(model)
+    history = train(model, X, y, config, description=description)
+    logger.info("%s: fine-tuned on %d samples", description, len(X))
+    return (space.vector(model) - theta0).numpy(), history
 
 
 class ConditionalUpdate:
@@ -112,6 +137,7 @@ class ConditionalUpdate:
         subsets: Sequence[tuple[str, np.ndarray, np.ndarray]],
         predictors: np.ndarray,
         predictor_names: Sequence[str] | None = None,
+        map_units: Callable[[list[tuple[str, Callable, tuple]]], Sequence] | None = None,
     ) -> ConditionalUpdate:
         """Fine-tune one fresh parent copy per subset and member, and store the anomalies.
 
@@ -123,48 +149,50 @@ class ConditionalUpdate:
             Predictor of each subset, computed without application targets.
         predictor_names : sequence of str, optional
             Names of the predictor columns; default ``predictor_0``, ...
+        map_units : callable, optional
+            Runs the units of work. It is called once with a list of
+            ``(name, function, args)``, one :func:`finetune_unit` per (member,
+            subset), or with engine ``"batched"`` one unit for all of them, and
+            must return ``function(*args)`` of each, in order. For example
+            :meth:`condupdate.jobs.distributed.UnitRunner.map` spreads them over a
+            dask cluster and checkpoints them. Default: one after another in this process.
         """
         predictors = np.asarray(predictors, dtype="float64").reshape(len(subsets), -1)
         names = list(predictor_names or [f"predictor_{j}" for j in range(predictors.shape[1])])
         if len(names) != predictors.shape[1]:
             raise ValueError(f"Got {len(names)} predictor names for {predictors.shape[1]} predictor columns.")
 
-        self.histories_: dict[str, TrainHistory] = {}
-        per_member = []
         units = [(m, label, X, y) for m in range(self.members) for label, X, y in subsets]
+        keys = [label if self.members == 1 else f"{label}/member {m}" for m, label, _, _ in units]
+        # The subsets of one member share one seed: the shared batch-order noise then
+        # largely cancels between anomalies instead of adding to their differences.
+        seeds = [self.finetune.seed + m for m, *_ in units]
         if self.engine == "batched":
             from condupdate.update.batched import finetune_batched
 
-            anomalies, histories = finetune_batched(
-                self.parent,
-                [(X, y) for _, _, X, y in units],
-                self.finetune,
-                seeds=[self.finetune.seed + m for m, *_ in units],
-                space=self.space,
-            )
-            for (member, label, _, _), history in zip(units, histories, strict=True):
-                self.histories_[label if self.members == 1 else f"{label}/member {member}"] = history
-            for m in range(self.members):
-                rows = anomalies[m * len(subsets) : (m + 1) * len(subsets)]
-                per_member.append(anomalies_to_dataarray(rows, [s[0] for s in subsets], predictors, names, self.layout_))
-            units = []
-        rows = []
-        for member, label, X, y in tqdm(units, desc="fine-tuning", disable=not self.finetune.progress):
-            # A fresh copy and a fresh optimiser per subset, so each anomaly describes
-            # its subset alone and not the order in which subsets were visited. The
-            # subsets of one member share one seed: the shared batch-order noise then
-            # largely cancels between anomalies instead of adding to their differences.
-            model = copy.deepcopy(self.base_)
-            config = self.finetune.replace(seed=self.finetune.seed + member)
-            key = label if self.members == 1 else f"{label}/member {member}"
-            self.histories_[key] = train(model, X, y, config, description=f"fine-tune {key}")
-            rows.append((self.space.vector(model) - self.theta0_).numpy())
-            logger.info("fine-tuned subset %s (member %d) on %d samples", label, member, len(X))
-            if len(rows) == len(subsets):
-                per_member.append(
-                    anomalies_to_dataarray(np.stack(rows), [s[0] for s in subsets], predictors, names, self.layout_)
-                )
-                rows = []
+            data = [(X, y) for _, _, X, y in units]
+            tasks = [("fine-tune batched", finetune_batched, (self.parent, data, self.finetune, seeds, None, None, self.space))]
+        else:
+            tasks = [
+                (f"fine-tune {key}", finetune_unit, (self.parent, self.space, X, y, self.finetune.replace(seed=seed), f"fine-tune {key}"))
+                for key, seed, (_, _, X, y) in zip(keys, seeds, units, strict=True)
+            ]
+        if map_units is not None:
+            results = list(map_units(tasks))
+        else:
+            show = self.finetune.progress and self.engine != "batched"
+            results = [function(*args) for _, function, args in tqdm(tasks, desc="fine-tuning", disable=not show)]
+
+        if self.engine == "batched":
+            anomalies, histories = results[0]
+        else:
+            anomalies = np.stack([anomaly for anomaly, _ in results])
+            histories = [history for _, history in results]
+        self.histories_: dict[str, TrainHistory] = dict(zip(keys, histories, strict=True))
+        per_member = []
+        for m in range(self.members):
+            rows = anomalies[m * len(subsets) : (m + 1) * len(subsets)]
+            per_member.append(anomalies_to_dataarray(rows, [s[0] for s in subsets], predictors, names, self.layout_))
 
         if self.members == 1:
             self.anomalies_ = per_member[0]
@@ -316,6 +344,8 @@ class ConditionalUpdate:
         Returns
         -------
         numpy.ndarray, shape (n_samples, n_outputs)
+            The network's outputs: for an MLP with ``head="gaussian"``, the means
+            of the targets followed by their standard deviations.
         """
         return self._run(X, predictors, lambda P: self.predict_anomaly(P, member), batch_size)
 
