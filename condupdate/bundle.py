@@ -19,6 +19,7 @@ from condupdate._errors import DataError
 from condupdate._io import new_sibling_dir, swap_directory
 from condupdate.data import Normalizer, stack_samples
 from condupdate.emulators import MLP
+from condupdate.emulators.mlp import gaussian_parts
 from condupdate.jobs.config import RunConfig
 from condupdate.jobs.prepare import build_inputs
 from condupdate.update import ConditionalUpdate, load_anomalies, save_anomalies
@@ -95,6 +96,11 @@ class AdaptedEmulator:
     def predictors(self) -> list[str]:
         return [spec.name for spec in self.config.predictors]
 
+    @property
+    def gaussian(self) -> bool:
+        """Whether the network predicts a mean and a standard deviation per target."""
+        return getattr(self.update.parent, "head", "mean") == "gaussian"
+
     def check_inputs(self, ds: xr.Dataset) -> None:
         """Raise :class:`DataError` if ``ds`` lacks an input variable or has other units than training."""
         needed = sorted({spec.variable for spec in self.config.data.inputs if spec.variable and spec.transform != "training_mean"})
@@ -138,7 +144,9 @@ class AdaptedEmulator:
         -------
         xarray.Dataset
             One variable per target on the sample dims of ``ds`` with the target's
-            attributes; NaN where an input or predictor is missing.
+            attributes; NaN where an input or predictor is missing. With a
+            Gaussian head (``emulator.head: gaussian``) each target ``NAME`` also
+            gets ``NAME_std``, the predicted standard deviation in the target's units.
         """
         if method not in ("child", "parent"):
             raise ValueError(f"method must be 'child' or 'parent', got {method!r}.")
@@ -160,16 +168,30 @@ class AdaptedEmulator:
             outputs = self.update.predict_ensemble(
                 Xn, P[ok], source=ensemble, n_samples=n_samples, random_state=random_state, batch_size=batch_size
             )
+        std = None
+        if self.gaussian:
+            # (member, sample, 2 * target) -> means and standard deviations; a
+            # standard deviation scales with the target's scale and ignores its offset.
+            outputs, std = gaussian_parts(outputs, len(self.targets))
+            std = std.astype("float64") * self.target_normalizer.scale_
         outputs = self.target_normalizer.inverse_transform(outputs.astype("float64"))  # (member, sample, target)
+
+        def to_field(values: np.ndarray) -> xr.DataArray:
+            # (member, sample with finite inputs) -> (member, *sample_dims), NaN elsewhere
+            full = np.full((values.shape[0], ok.size), np.nan)
+            full[:, ok] = values
+            flat = xr.DataArray(full, dims=("member", "sample"), coords={"sample": X_da["sample"]})
+            field = flat.unstack("sample").transpose("member", *sample_dims)
+            return field.assign_coords({d: ds[d] for d in sample_dims if d in ds.coords})
 
         result = xr.Dataset()
         for j, target in enumerate(self.targets):
-            full = np.full((outputs.shape[0], ok.size), np.nan)
-            full[:, ok] = outputs[:, :, j]
-            flat = xr.DataArray(full, dims=("member", "sample"), coords={"sample": X_da["sample"]})
-            field = flat.unstack("sample").transpose("member", *sample_dims)
-            field = field.assign_coords({d: ds[d] for d in sample_dims if d in ds.coords})
-            result[target] = field.assign_attrs(self.variables.get(target, {}))
+            attrs = self.variables.get(target, {})
+            result[target] = to_field(outputs[:, :, j]).assign_attrs(attrs)
+            if std is not None:
+                std_attrs = {k: attrs[k] for k in ("units",) if k in attrs}
+                std_attrs["long_name"] = f"predicted standard deviation of {attrs.get('long_name', target)}"
+                result[f"{target}_std"] = to_field(std[:, :, j]).assign_attrs(std_attrs)
         if method == "parent" or ensemble is None:
             result = result.isel(member=0, drop=True)
         else:

@@ -24,7 +24,9 @@ __all__ = [
     "PatternScaling",
     "bias",
     "crps_ensemble",
+    "crps_gaussian",
     "ensemble_skill_table",
+    "gaussian_spread_skill_ratio",
     "extrapolation_distance",
     "spread_skill_ratio",
     "latitude_weights",
@@ -47,6 +49,7 @@ _SKILL_LONG_NAMES = {
     "bias": "mean error (prediction minus truth)",
     "crps": "continuous ranked probability score",
 }
+_RATIO_ATTRS = {"units": "1", "long_name": "spread-skill ratio"}
 
 
 # --------------------------------------------------------------------------- #
@@ -608,6 +611,7 @@ def skill_table(
     predictions: Mapping[str, xr.DataArray],
     dim: str | Iterable[Hashable] | None = None,
     weights: xr.DataArray | None = None,
+    std: Mapping[str, xr.DataArray] | None = None,
 ) -> xr.Dataset:
     """Compute RMSE, MAE and bias of several methods against one truth.
 
@@ -622,13 +626,19 @@ def skill_table(
         Dims to reduce, all by default.
     weights : xarray.DataArray, optional
         Weights as in :func:`rmse`, for example :func:`latitude_weights`.
+    std : mapping of str to xarray.DataArray, optional
+        Predicted standard deviation of the methods that give one (a Gaussian
+        head), in the units of ``truth``. The table then gains ``crps``
+        (:func:`crps_gaussian`) and ``spread_skill_ratio``
+        (:func:`gaussian_spread_skill_ratio`), NaN for the other methods.
 
     Returns
     -------
     xarray.Dataset
-        Data variables ``rmse``, ``mae`` and ``bias`` on dim ``method`` (coordinate:
-        the mapping keys in order) plus any dims not reduced. Each has the
-        ``units`` of ``truth`` and a ``long_name``.
+        Data variables ``rmse``, ``mae`` and ``bias`` (and ``crps``,
+        ``spread_skill_ratio`` when ``std`` is given) on dim ``method``
+        (coordinate: the mapping keys in order) plus any dims not reduced. Each
+        has a ``long_name``, and all but the ratio have the ``units`` of ``truth``.
 
     Notes
     -----
@@ -653,12 +663,29 @@ def skill_table(
         )
     if not predictions:
         raise ValueError("predictions is empty. Give at least one method name and its prediction.")
+    std = dict(std or {})
+    unknown = sorted(set(std) - set(predictions))
+    if unknown:
+        raise ValueError(f"std names methods {unknown} that are not in predictions {list(predictions)}.")
 
     columns: dict[str, list[xr.DataArray]] = {name: [] for name in _SKILL_COLUMNS}
-    for prediction in predictions.values():
+    if std:
+        columns.update(crps=[], spread_skill_ratio=[])
+    for method, prediction in predictions.items():
         columns["rmse"].append(rmse(prediction, truth, dim=dim, weights=weights))
         columns["mae"].append(mae(prediction, truth, dim=dim, weights=weights))
         columns["bias"].append(bias(prediction, truth, dim=dim, weights=weights))
+        if not std:
+            continue
+        if method in std:
+            columns["crps"].append(crps_gaussian(prediction, std[method], truth, dim=dim, weights=weights))
+            ratio = gaussian_spread_skill_ratio(prediction, std[method], truth, dim=dim, weights=weights)
+            columns["spread_skill_ratio"].append(ratio)
+        else:
+            # NaN rows with the shape and labels of the method's other scores.
+            missing = xr.full_like(columns["rmse"][-1], np.nan)
+            columns["crps"].append(_label(missing.rename("crps"), "crps", truth))
+            columns["spread_skill_ratio"].append(missing.rename("spread_skill_ratio").assign_attrs(_RATIO_ATTRS))
 
     methods = xr.DataArray(list(predictions), dims="method", name="method")
     table = xr.Dataset(
@@ -750,6 +777,93 @@ def spread_skill_ratio(
     spread = np.sqrt(mean_variance * (n_members + 1) / n_members)
     ratio = spread / rmse(mean, truth, dim=dim, weights=weights)
     return ratio.rename("spread_skill_ratio").assign_attrs(units="1", long_name="spread-skill ratio")
+
+
+def _crps_gaussian_kernel(truth: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    import properscoring
+
+    valid = np.isfinite(truth) & np.isfinite(mean) & np.isfinite(std)
+    out = np.full(np.broadcast(truth, mean, std).shape, np.nan)
+    truth, mean, std = np.broadcast_arrays(truth, mean, std)
+    out[valid] = properscoring.crps_gaussian(truth[valid], mean[valid], std[valid])
+    return out
+
+
+def crps_gaussian(
+    mean: xr.DataArray,
+    std: xr.DataArray,
+    truth: xr.DataArray,
+    dim: str | Iterable[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Continuous ranked probability score of a Gaussian forecast, averaged over ``dim``.
+
+    The score of each cell is ``properscoring.crps_gaussian``, the closed form
+    of Gneiting et al. (2005, Mon. Wea. Rev. 133, 1098-1118, eq. 5); cells where
+    the truth, the mean or the standard deviation is NaN are left out of the
+    mean. With ``std`` 0 it equals the absolute error.
+
+    Parameters
+    ----------
+    mean, std : xarray.DataArray
+        Predicted mean and standard deviation (>= 0), for example (time, lat, lon)
+        [m s-1], on the coordinates of ``truth``.
+    truth : xarray.DataArray
+        True field in the same units.
+    dim, weights
+        As in :func:`rmse`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Named ``crps``, in the units of ``truth``. Lazy when an input is dask-backed.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> truth = xr.DataArray([0.0, 0.0], dims="time")
+    >>> round(float(crps_gaussian(truth, truth + 1.0, truth)), 4)   # (sqrt(2) - 1) / sqrt(pi)
+    0.2337
+    """
+    error = _error(mean, truth, dim, weights)
+    try:
+        mean, std, truth = xr.align(mean, std, truth, join="exact")
+    except ValueError as err:
+        raise DataError(f"std has other coordinates than the mean and truth ({err}); give it on their grid.") from err
+    if not _is_dask(std) and bool((std < 0).any()):
+        raise DataError(f"std has negative values (minimum {float(std.min())}); a standard deviation is >= 0.")
+    cell = xr.apply_ufunc(_crps_gaussian_kernel, truth, mean, std, dask="parallelized", output_dtypes=[float])
+    score = _mean(cell.where(error.notnull()), dim, weights, skipna=True)
+    return _label(score, "crps", truth)
+
+
+def gaussian_spread_skill_ratio(
+    mean: xr.DataArray,
+    std: xr.DataArray,
+    truth: xr.DataArray,
+    dim: str | Iterable[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Root of the mean predicted variance over the RMSE of the mean; 1 for a reliable forecast.
+
+    Both means run over the cells where the truth, the mean and ``std`` are
+    finite, with ``weights`` as in :func:`rmse`. Below 1 the forecast is
+    overconfident, above 1 underconfident.
+
+    Returns
+    -------
+    xarray.DataArray
+        Named ``spread_skill_ratio``, units ``1``.
+    """
+    error = _error(mean, truth, dim, weights)
+    try:
+        error, std = xr.align(error, std, join="exact")
+    except ValueError as err:
+        raise DataError(f"std has other coordinates than the mean and truth ({err}); give it on their grid.") from err
+    valid = error.notnull() & std.notnull()
+    spread = np.sqrt(_mean((std**2).where(valid), dim, weights, skipna=True))
+    skill = np.sqrt(_mean((error**2).where(valid), dim, weights, skipna=True))
+    return (spread / skill).rename("spread_skill_ratio").assign_attrs(_RATIO_ATTRS)
 
 
 def ensemble_skill_table(

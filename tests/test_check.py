@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from condupdate._errors import DataError
+from condupdate._errors import DataError, ExtrapolationWarning
 from condupdate.jobs.check import check
 from condupdate.jobs.config import parse_config
 from condupdate.jobs.run import run
@@ -90,16 +89,15 @@ def test_check_warns_beyond_training_range(temperature_dataset, write_netcdf, ru
     assert any("domain_mean_temperature" in message for message in report.warnings)
 
 
-def test_run_logs_extrapolation(temperature_dataset, write_netcdf, run_config, tmp_path, caplog):
+def test_run_warns_extrapolation(temperature_dataset, write_netcdf, run_config, tmp_path):
     field = temperature_dataset()
     field["air_temperature"][30:] += 10.0  # [K]
     config = parse_config(run_config([write_netcdf(field, tmp_path / "warm.nc")]))
 
-    with caplog.at_level(logging.WARNING, logger="condupdate.jobs.run"):
+    with pytest.warns(ExtrapolationWarning, match="training standard deviations beyond its training range"):
         result = run(config)
 
     assert float(result.distance.max()) > 3.0
-    assert "training standard deviations beyond its training range" in caplog.text
 
 
 def test_cli_check_prints_report(temperature_file, run_config, tmp_path):

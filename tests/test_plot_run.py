@@ -21,6 +21,7 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 
 import condupdate.emulators  # noqa: E402
 import condupdate.emulators.training  # noqa: E402
+import condupdate.jobs.distributed  # noqa: E402
 import condupdate.jobs.run  # noqa: E402
 import condupdate.update.conditional  # noqa: E402
 from condupdate._errors import DataError, ExtrapolationWarning  # noqa: E402
@@ -698,7 +699,8 @@ def no_training(monkeypatch):
     monkeypatch.setattr(condupdate.emulators.training, "train", fail_training)
     monkeypatch.setattr(condupdate.emulators, "train", fail_training)
     monkeypatch.setattr(condupdate.update.conditional, "train", fail_training)
-    monkeypatch.setattr(condupdate.jobs.run, "train", fail_training)
+    monkeypatch.setattr(condupdate.jobs.distributed, "train", fail_training)
+    monkeypatch.setattr(condupdate.jobs.run, "train_stream", fail_training)
     monkeypatch.setattr(condupdate.jobs.run, "run", fail_training)
 
 

@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 import yaml
 
-from condupdate._errors import ConfigError
+from condupdate._errors import ConfigError, ExtrapolationWarning
 from condupdate.data import Normalizer, stack_samples
 from condupdate.jobs.config import load_config, parse_config
 from condupdate.jobs.prepare import prepare
@@ -169,7 +169,9 @@ def test_prepare_training_selection_ignores_application_data(twin_files, run_con
 
 def test_run_normalizers_ignore_application_data(twin_files, run_config, tmp_path):
     base = run(parse_config(run_config([twin_files[0]])), out_dir=tmp_path / "base")
-    changed = run(parse_config(run_config([twin_files[1]])), out_dir=tmp_path / "changed")
+    # The changed application data lie far outside the training range on purpose.
+    with pytest.warns(ExtrapolationWarning, match="'domain_mean_temperature'"):
+        changed = run(parse_config(run_config([twin_files[1]])), out_dir=tmp_path / "changed")
 
     base_model, changed_model = _load_model(tmp_path / "base"), _load_model(tmp_path / "changed")
     assert base_model["input_normalizer"] == changed_model["input_normalizer"]

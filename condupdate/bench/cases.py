@@ -27,12 +27,56 @@ class Case:
 CASES: dict[str, Case] = {
     case.name: case
     for case in [
-        Case("warm-future", "temporal", "warm-future.yaml"),
-        Case("scenario-transfer", "temporal", "scenario-transfer.yaml"),
-        Case("amoc-tipping", "temporal", "amoc-tipping.yaml"),
-        Case("deep-density", "spatial", "deep-density.yaml"),
-        Case("cross-model", "cross-domain", "cross-model.yaml"),
-        Case("wind-uncertainty", "cross-domain", "wind-uncertainty.yaml"),
+        Case(
+            "warm-future",
+            "temporal",
+            "warm-future.yaml",
+            quick={
+                "data": {"thin": {"latitude": 3, "longitude": 3}},
+                "training": {"epochs": 8},
+                "finetune": {"epochs": 4},
+            },
+        ),
+        Case(
+            "scenario-transfer",
+            "temporal",
+            "scenario-transfer.yaml",
+            quick={
+                "data": {"thin": {"scenario_year": 2, "latitude": 3, "longitude": 3}},
+                "subsets": {"size": 5},  # decades of the thinned, two-yearly axis
+                "training": {"epochs": 8},
+                "finetune": {"epochs": 4},
+            },
+        ),
+        Case(
+            "amoc-tipping",
+            "temporal",
+            "amoc-tipping.yaml",
+            quick={"training": {"epochs": 15}, "finetune": {"epochs": 5}},  # 2500 one-year samples need no thinning
+        ),
+        Case(
+            "deep-density",
+            "spatial",
+            "deep-density.yaml",
+            quick={"data": {"thin": {"lat": 3, "lon": 3}}, "training": {"epochs": 4}, "finetune": {"epochs": 3}},
+        ),
+        Case(
+            "cross-model",
+            "cross-domain",
+            "cross-model.yaml",
+            quick={"data": {"thin": {"time": 5}}, "training": {"epochs": 3}, "finetune": {"epochs": 2}},
+        ),
+        Case(
+            "wind-uncertainty",
+            "cross-domain",
+            "wind-uncertainty.yaml",
+            quick={
+                "data": {"thin": {"lat": 4, "lon": 4}},  # 5 x 17 of the 17 x 65 grid points
+                "emulator": {"width": 16},
+                "training": {"epochs": 4},
+                "finetune": {"epochs": 2},
+            },
+        ),
     ]
 }
 

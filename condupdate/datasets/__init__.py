@@ -22,6 +22,7 @@ LOADERS: dict[str, str] = {
     "deep-density": "condupdate.datasets.ocean:load_deep_density",
     "cross-model": "condupdate.datasets.cmip:load_cross_model",
     "wind-uncertainty": "condupdate.datasets.winds:load_winds",
+    "scenarios": "condupdate.datasets.scenarios:load_scenarios",
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["TrainConfig", "TrainHistory", "train", "masked_mse"]
+__all__ = ["TrainConfig", "TrainHistory", "train", "masked_mse", "masked_gaussian_nll", "loss_function"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class TrainConfig:
 
 @dataclass
 class TrainHistory:
-    """Loss per epoch (mean squared error of standardised targets) and the epoch kept."""
+    """Loss per epoch (see :func:`loss_function`, on standardised targets) and the epoch kept."""
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
@@ -68,7 +70,45 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).sum() / mask.sum().clamp(min=1)
 
 
+def masked_gaussian_nll(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood over the finite target cells only.
+
+    ``prediction`` is ``(batch, 2 * n_outputs)``: the means, then the standard
+    deviations, as :class:`~condupdate.emulators.MLP` with ``head="gaussian"``
+    returns them; ``target`` is ``(batch, n_outputs)``. The per-cell loss is
+    ``0.5 * (log(var) + (mean - y)**2 / var) + 0.5 * log(2 pi)``, the value of
+    ``torch.nn.functional.gaussian_nll_loss(..., full=True, reduction="none")``
+    for variances above its ``eps`` of 1e-6. NaN targets add nothing to the loss
+    or its gradient, as in :func:`masked_mse`.
+    """
+    n_outputs = target.shape[-1]
+    if prediction.shape[-1] != 2 * n_outputs:
+        raise ValueError(
+            f"A Gaussian loss needs a prediction with 2 * {n_outputs} columns (means, then standard deviations) "
+            f"for {n_outputs} targets, got shape {tuple(prediction.shape)}; build the network with head='gaussian'."
+        )
+    mean, std = prediction[..., :n_outputs], prediction[..., n_outputs:]
+    mask = torch.isfinite(target)
+    # The formula is written out, in torch's order of operations, because
+    # gaussian_nll_loss checks torch.any(var < 0) in Python, which cannot run
+    # under torch.func.vmap in the batched fine-tuning engine.
+    var = std.pow(2)
+    cell = 0.5 * (torch.log(var) + (mean - torch.nan_to_num(target)) ** 2 / var)
+    cell = cell + 0.5 * math.log(2 * math.pi)
+    return torch.where(mask, cell, torch.zeros_like(cell)).sum() / mask.sum().clamp(min=1)
+
+
+def loss_function(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Return the training loss of ``model``: :func:`masked_gaussian_nll` for a Gaussian head, else :func:`masked_mse`.
+
+    A network declares a Gaussian head with the attribute ``head = "gaussian"``,
+    as :class:`~condupdate.emulators.MLP` does.
+    """
+    return masked_gaussian_nll if getattr(model, "head", "mean") == "gaussian" else masked_mse
+
+
 def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    loss = loss_function(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -76,7 +116,7 @@ def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: in
         for start in range(0, len(X), batch_size):
             xb, yb = X[start : start + batch_size], y[start : start + batch_size]
             n = int(torch.isfinite(yb).sum())
-            total += float(masked_mse(model(xb), yb)) * n
+            total += float(loss(model(xb), yb)) * n
             count += n
     model.train(was_training)
     return total / max(count, 1)
@@ -90,6 +130,9 @@ def train(
     description: str = "training",
 ) -> TrainHistory:
     """Train ``model`` in place on ``(X, y)`` with Adam, early stopping and a masked loss.
+
+    The loss is the mean squared error, or the Gaussian negative log-likelihood
+    for a network with a Gaussian head (see :func:`loss_function`).
 
     The best weights on the validation samples are restored at the end. Given the
     same seed, data and thread count, two runs on the CPU give identical weights.
@@ -130,6 +173,7 @@ def train(
     X_train, y_train = X[train_idx], y[train_idx]
     X_val, y_val = X[val_idx], y[val_idx]
     generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = loss_function(model)
 
     # Phase 2: optimise with a fresh optimiser; keep the best weights seen.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -143,7 +187,7 @@ def train(
         for start in range(0, len(X_train), config.batch_size):
             batch = permutation[start : start + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = masked_mse(model(X_train[batch]), y_train[batch])
+            loss = loss_fn(model(X_train[batch]), y_train[batch])
             loss.backward()
             optimizer.step()
             running += float(loss.detach())

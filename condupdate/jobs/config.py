@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from condupdate._errors import ConfigError
 
@@ -27,6 +28,11 @@ DATASET_PREFIX = "dataset:"  # data of a loader in condupdate.datasets.LOADERS
 ACTIVATION_NAMES = ("elu", "gelu", "relu", "sigmoid", "silu", "tanh")
 
 
+# A variable name in Unicode NFC, the form netCDF stores names in, so that a name
+# typed with combining accents matches the files and the outputs written.
+_VariableName = Annotated[str, AfterValidator(lambda name: unicodedata.normalize("NFC", name))]
+
+
 class _Strict(BaseModel):
     # Unknown keys are errors: a misspelt key would otherwise be ignored silently.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -35,8 +41,8 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     """One input feature: a variable (optionally reduced) or a coordinate."""
 
-    name: str
-    variable: str | None = None  # data variable in the input files
+    name: _VariableName
+    variable: _VariableName | None = None  # data variable in the input files
     coordinate: str | None = None  # coordinate used as a feature, for example latitude
     transform: Literal["none", "domain_mean", "training_mean"] = "none"
     # domain_mean: cos-latitude weighted mean over the horizontal dims, one value per time step.
@@ -55,10 +61,10 @@ class InputSpec(_Strict):
 class PredictorSpec(_Strict):
     """One predictor: an input feature, a coordinate, or an external series in a file."""
 
-    input: str | None = None  # name of an entry of data.inputs
+    input: _VariableName | None = None  # name of an entry of data.inputs
     coordinate: str | None = None  # coordinate such as time (as decimal year) or depth
     path: str | None = None  # netCDF file with an external series
-    variable: str | None = None  # variable in 'path'
+    variable: _VariableName | None = None  # variable in 'path'
     dim: str | None = None  # dimension the external series is aligned on, by label
 
     @model_validator(mode="after")
@@ -78,10 +84,26 @@ class PredictorSpec(_Strict):
 class DataSpec(_Strict):
     paths: list[str] = []  # netCDF files or a zarr store; "sample:NAME" for iris-sample-data; "dataset:NAME" for condupdate.datasets; empty with run(dataset=...)
     engine: str | None = None  # xarray backend, for example netcdf4 or h5netcdf
-    targets: Annotated[list[str], Field(min_length=1)]  # variables the emulator predicts
+    group: str | None = None  # netCDF4 or zarr group holding the variables, for example "forecast/surface"; the root group when unset
+    targets: Annotated[list[_VariableName], Field(min_length=1)]  # variables the emulator predicts
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
     sample_dims: Annotated[list[str], Field(min_length=1)]  # dims that index samples
     thin: dict[str, Annotated[int, Field(ge=1)]] = {}  # keep every n-th step along these dims
+    # Megabytes (2**20 bytes): train the parent from blocks read within this
+    # much memory (condupdate.data.stream); null loads the training selection.
+    memory_budget_mb: Any = None
+
+    @model_validator(mode="after")
+    def _positive_budget(self) -> DataSpec:
+        budget = self.memory_budget_mb
+        if budget is None:
+            return self
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0 or budget == float("inf"):
+            raise ValueError(
+                f"memory_budget_mb must be a finite number of megabytes above 0, got {budget!r}; "
+                "set for example memory_budget_mb: 256, or remove the key to load the training selection into memory"
+            )
+        return self
 
 
 class SplitSpec(_Strict):
@@ -102,6 +124,9 @@ class EmulatorSpec(_Strict):
     width: Annotated[int, Field(ge=1)] = 64
     depth: Annotated[int, Field(ge=0)] = 2
     activation: str = "tanh"
+    # mean: one prediction per target. gaussian: a mean and a standard deviation per
+    # target, trained with the Gaussian negative log-likelihood and scored with CRPS.
+    head: Literal["mean", "gaussian"] = "mean"
 
     @model_validator(mode="after")
     def _known_activation(self) -> EmulatorSpec:
@@ -137,6 +162,50 @@ class RegressorSpec(_Strict):
         return self
 
 
+class CandidateSpec(_Strict):
+    """One candidate of update.select: which parameters move and which regressor extrapolates them."""
+
+    parameters: Literal["none", "all", "biases", "last_layers", "lora"]  # none: the parent itself
+    n_layers: Annotated[int, Field(ge=1)] | None = None  # last_layers only; default update.n_layers
+    rank: Annotated[int, Field(ge=1)] | None = None  # lora only; default update.rank
+    regressor: str | None = None  # one of condupdate.update.REGRESSORS; default regressor.method
+    regressor_params: dict[str, Any] = {}  # keyword arguments of that regressor
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CandidateSpec:
+        if self.n_layers is not None and self.parameters != "last_layers":
+            raise ValueError(f"n_layers applies to parameters 'last_layers' only, got parameters {self.parameters!r}")
+        if self.rank is not None and self.parameters != "lora":
+            raise ValueError(f"rank applies to parameters 'lora' only, got parameters {self.parameters!r}")
+        if self.parameters == "none" and (self.regressor is not None or self.regressor_params):
+            raise ValueError("candidate 'none' is the parent and takes no regressor, so remove regressor and regressor_params")
+        if self.regressor_params and self.regressor is None:
+            raise ValueError("regressor_params needs regressor: name the regressor these keywords belong to")
+        if self.regressor is not None:
+            from condupdate.update.regressors import make_regressor
+
+            make_regressor(self.regressor, **self.regressor_params)
+        return self
+
+
+class SelectSpec(_Strict):
+    """Choice of the update on training data: candidates scored on the subsets nearest the application predictors."""
+
+    candidates: Annotated[list[CandidateSpec], Field(min_length=1)]  # 'none' (the parent) is always added
+    holdout: Annotated[int, Field(ge=1)] = 2  # subsets held out at the application end of the predictor range
+    # retrain: a parent trained without the held-out subsets (honest, one more parent training).
+    # reuse: the run's parent, which has seen the held-out subsets (cheaper, favours 'none').
+    parent: Literal["retrain", "reuse"] = "retrain"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SelectSpec:
+        seen = [c.model_dump() for c in self.candidates]
+        repeated = [c for k, c in enumerate(seen) if c in seen[:k]]
+        if repeated:
+            raise ValueError(f"update.select.candidates repeats {repeated}; list each candidate once")
+        return self
+
+
 class UpdateSpec(_Strict):
     parameters: Literal["all", "biases", "last_layers", "lora"] = "all"  # which parameters move
     n_layers: Annotated[int, Field(ge=1)] = 1  # last_layers: how many layers with parameters move
@@ -146,9 +215,17 @@ class UpdateSpec(_Strict):
     ensemble: Literal["none", "members", "posterior"] = "none"  # child ensemble written beside the child
     n_samples: Annotated[int, Field(ge=2)] = 10  # posterior ensemble size
     engine: Literal["sequential", "batched"] = "sequential"  # batched: fine-tune all subsets at once with vmap
+    # Choose parameters and regressor on the training subsets (condupdate.update.selection);
+    # the chosen candidate replaces parameters, n_layers, rank and the regressor section.
+    select: SelectSpec | None = None
 
     @model_validator(mode="after")
     def _needs_members(self) -> UpdateSpec:
+        if self.select is not None and self.ensemble == "posterior":
+            raise ValueError(
+                "ensemble 'posterior' cannot be combined with update.select, because the candidate 'none' and "
+                "regressors without posterior samples may be chosen; use ensemble 'members' or remove update.select"
+            )
         if self.ensemble == "members" and self.members < 2:
             raise ValueError(f"ensemble 'members' needs members >= 2, got members={self.members}")
         if self.snr_threshold is not None and self.members < 2:

@@ -11,6 +11,8 @@ import xarray as xr
 from condupdate import regimes
 from condupdate._errors import DataError, SplitOverlapWarning
 from condupdate.data import open_dataset, select
+from condupdate.data.io import find_variable_groups
+from condupdate.data.quirks import check_variable_name, normalize_names
 from condupdate.jobs.config import DATASET_PREFIX, PredictorSpec, RunConfig, resolve_path
 
 __all__ = [
@@ -40,8 +42,16 @@ class Prepared:
 
 
 def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
+    # Targets and inputs become variables of predictions.nc and the saved model, so
+    # a name that netCDF cannot store fails here rather than after training.
+    for name in config.data.targets:
+        check_variable_name(name, "Target variable (data.targets)")
+    for spec in config.data.inputs:
+        check_variable_name(spec.name, "Input name (data.inputs)")
+
     if dataset is not None:
-        ds = dataset
+        # Names in the configuration are NFC, as open_dataset makes those of files.
+        ds = normalize_names(dataset, "dataset=")
     elif not config.data.paths:
         raise DataError("data.paths is empty; list the input files, or pass the data as dataset= to run().")
     elif any(p.startswith(DATASET_PREFIX) for p in config.data.paths):
@@ -50,9 +60,42 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
         paths = [resolve_path(p) for p in config.data.paths]
         try:
             # Sample dims of length one (a single member, say) must not be squeezed away.
-            ds = open_dataset(paths, engine=config.data.engine, keep_dims=tuple(config.data.sample_dims))
+            ds = open_dataset(
+                paths,
+                engine=config.data.engine,
+                keep_dims=tuple(config.data.sample_dims),
+                group=config.data.group,
+                chunks=_chunks(config),
+            )
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (data.paths; paths in a configuration file are read from that file's folder)") from err
+
+        # A variable missing here may sit in a netCDF4 or zarr group, which needs data.group.
+        opened = "/" + (config.data.group or "").strip("/")
+        wanted = [(name, "data.targets") for name in config.data.targets]
+        wanted += [(spec.variable, "data.inputs") for spec in config.data.inputs if spec.variable is not None]
+        for name, key in wanted:
+            if name in ds.data_vars:
+                continue
+            holders = {
+                path: [group for group in groups if group != opened]
+                for path, groups in find_variable_groups(paths, name).items()
+            }
+            listing = "; ".join(f"{path!r}: {groups}" for path, groups in holders.items() if groups)
+            if listing:
+                where = "the root group" if opened == "/" else f"group {opened!r} (data.group)"
+                suggested = next(groups for groups in holders.values() if groups)[0].strip("/") or "/"
+                found_here = list(dict.fromkeys(other for other, _ in wanted if other in ds.data_vars))
+                fix = (
+                    f"A run reads one group, and {found_here} are in {where}: merge the groups with xarray "
+                    "and pass the result as run(config, dataset=...), or write one file per group."
+                    if found_here
+                    else f"Set 'data.group: {suggested}' in the configuration, or open_dataset(..., group=...) in Python."
+                )
+                raise DataError(
+                    f"Variable {name!r} ({key}) not found in {where} of {[str(p) for p in paths]}, but these "
+                    f"files contain it in other groups: {listing}. {fix}"
+                )
     for dim, step in config.data.thin.items():
         if dim not in ds.dims:
             raise DataError(f"data.thin names dimension {dim!r}, which the input files lack; they have {list(ds.dims)}.")
@@ -64,6 +107,16 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
                 f"the files hold {sorted(map(str, ds.data_vars))}."
             )
     return ds
+
+
+def _chunks(config: RunConfig) -> dict[str, int | str] | str:
+    if config.data.memory_budget_mb is None:
+        return "auto"
+    # Streamed training reads whole steps of the first sample dim: chunks that span
+    # the other sample dims read a contiguous variable in one run per step, where
+    # square tiles of the same size read about ten times slower.
+    first, *others = config.data.sample_dims
+    return {first: "auto", **{d: -1 for d in others}}
 
 
 def _open_registered(paths: list[str]) -> xr.Dataset:

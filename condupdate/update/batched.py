@@ -28,7 +28,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from condupdate._errors import CondupdateWarning
-from condupdate.emulators.training import TrainConfig, TrainHistory, masked_mse
+from condupdate.emulators.training import TrainConfig, TrainHistory, loss_function
 from condupdate.update.params import unflatten
 from condupdate.update.spaces import AllParameters, ParameterSpace
 
@@ -228,7 +228,7 @@ def _probe_parent(parent: nn.Module, n_inputs: int, n_outputs: int, batch_size: 
     X = torch.zeros(batch_size, n_inputs, device=device)
     y = torch.zeros(batch_size, n_outputs, device=device)
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = masked_mse(probe(X), y)
+        loss = loss_function(probe)(probe(X), y)
     loss.backward()
 
     unused = {name for name, p in probe.named_parameters() if p.requires_grad and p.grad is None}
@@ -342,11 +342,13 @@ def _vmapped_loss(template: nn.Module) -> Callable[..., torch.Tensor]:
 
     ``params`` maps parameter names to ``(member, *shape)`` tensors, ``X`` is
     ``(member, batch, n_inputs)`` and ``y`` is ``(member, batch, n_outputs)``. The
-    result is ``(member,)``.
+    result is ``(member,)``. The loss is the one ``train()`` uses for the
+    template (:func:`condupdate.emulators.training.loss_function`).
     """
+    member_loss_fn = loss_function(template)
 
     def member_loss(params: dict[str, torch.Tensor], X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return masked_mse(functional_call(template, params, (X,)), y)
+        return member_loss_fn(functional_call(template, params, (X,)), y)
 
     return vmap(member_loss)
 
@@ -440,7 +442,7 @@ def _finetune_chunk(
     n_steps = [member.n_steps(batch_size) for member in members]
 
     # Samples padded to the largest member. Row pad_row is padding in every
-    # member, and padded targets are NaN, so masked_mse leaves padded rows out of
+    # member, and padded targets are NaN, so the masked loss leaves padded rows out of
     # the loss and its gradient.
     pad_row = max(len(m.X_train) for m in members)
     # (member, row, n_inputs) and (member, row, n_outputs)
