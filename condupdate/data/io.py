@@ -274,7 +274,9 @@ def open_dataset(
         datasets = quirks.snap_coordinates(datasets)
         names = ", ".join(repr(str(p)) for p in paths)
         try:
-            ds = xr.combine_by_coords(datasets, combine_attrs="drop_conflicts")
+            # data_vars="all" is xarray's present default, named so that its
+            # announced change does not alter how files are combined.
+            ds = xr.combine_by_coords(datasets, data_vars="all", combine_attrs="drop_conflicts")
         except ValueError as err:
             ds = _concat_overlapping_times(datasets, names, err)
         # combine_by_coords accepts files that share their boundary time stamp.
