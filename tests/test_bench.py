@@ -348,6 +348,23 @@ def test_bench_skips_case_without_config(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_bench_skips_case_whose_data_package_is_missing(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import condupdate.bench.cases
+
+    case = condupdate.bench.cases.CASES["cross-model"]
+    absent = dataclasses.replace(case, requires=(("condupdate_absent_data_package", "pip install absent-data"),))
+    monkeypatch.setitem(condupdate.bench.cases.CASES, "cross-model", absent)
+    status = main(["bench", "--quick", "--cases", "cross-model", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+
+    assert status == 2
+    assert "case cross-model skipped: package condupdate_absent_data_package not installed" in err
+    assert "pip install absent-data" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_bench_rejects_unknown_case(tmp_path, capsys):
     status = main(["bench", "--cases", "warm-futur", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -22,6 +22,9 @@ class Case:
     kind: str  # temporal, spatial or cross-domain extrapolation
     config: str  # file name under data/configs/
     quick: dict[str, Any] = field(default_factory=dict)
+    # Data packages the case reads that are not project dependencies: the case is
+    # skipped with a note, not failed, where one is not installed.
+    requires: tuple[tuple[str, str], ...] = ()  # (module, pip install command)
 
 
 CASES: dict[str, Case] = {
@@ -65,6 +68,7 @@ CASES: dict[str, Case] = {
             "cross-domain",
             "cross-model.yaml",
             quick={"data": {"thin": {"time": 5}}, "training": {"epochs": 3}, "finetune": {"epochs": 2}},
+            requires=(("esmvaltool_sample_data", "pip install --no-deps esmvaltool-sample-data"),),
         ),
         Case(
             "wind-uncertainty",

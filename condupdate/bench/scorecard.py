@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import logging
 import math
 import os
@@ -475,6 +476,11 @@ def run_bench(
     for case in selected:
         if not (folder / case.config).is_file():
             skipped[case.name] = f"configuration {str(folder / case.config)!r} not found"
+            report(f"note: case {case.name} skipped: {skipped[case.name]}")
+            continue
+        missing = [(module, command) for module, command in case.requires if importlib.util.find_spec(module) is None]
+        if missing:
+            skipped[case.name] = "; ".join(f"package {module} not installed (install it with: {command})" for module, command in missing)
             report(f"note: case {case.name} skipped: {skipped[case.name]}")
             continue
         try:
