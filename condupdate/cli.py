@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from importlib import resources
@@ -157,11 +160,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_latitude(field) -> bool:
+    from condupdate import skill
+
+    try:
+        skill.latitude_weights(field)
+    except DataError:
+        return False
+    return True
+
+
 def _report(result) -> str:
     lines = []
     for target, table in result.skill.items():
         units = table.rmse.attrs.get("units", "")
-        lines.append(f"Skill on the application selection, {target} [{units}] (area-weighted):")
+        # Scores are cos-latitude weighted only where the field has a latitude.
+        weighting = " (area-weighted)" if _has_latitude(result.predictions[target].truth) else ""
+        lines.append(f"Skill on the application selection, {target} [{units}]{weighting}:")
         lines.append(f"  {'method':<16} {'rmse':>8} {'mae':>8} {'bias':>8}")
         for method in table.method.values:
             row = table.sel({"method": method})
@@ -205,8 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``condupdate`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with _readable_warnings(args.command):
-        return _dispatch(args)
+    # Batch schedulers stop jobs with SIGTERM: handle it as Ctrl-C, so the
+    # hidden output folder is removed and the user is told what was kept.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with _readable_warnings(args.command):
+            return _dispatch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
@@ -245,7 +271,7 @@ def _bench_command(args: argparse.Namespace) -> int:
         print(f"condupdate bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("condupdate bench: interrupted; earlier results in the output folder are unchanged.", file=sys.stderr)
+        print("condupdate bench: interrupted; nothing in the output folder was changed.", file=sys.stderr)
         return 130
     print(format_summary(result))
     if not result.rows:
@@ -293,7 +319,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"condupdate {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"condupdate {args.command}: interrupted; earlier results in the output folder are unchanged.", file=sys.stderr)
+        print(f"condupdate {args.command}: interrupted; nothing in the output folder was changed.", file=sys.stderr)
         return 130
     print(_report(result))
     return 0
@@ -301,8 +327,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     """Run each configuration of ``condupdate run`` in turn, sharing one dask client; return the exit status."""
+    if not args.verbose:
+        # dask.distributed logs every worker start and stop at INFO; without -v
+        # only its warnings are shown. Workers read the variable when they start.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from condupdate.jobs.distributed import UnitFailedError, open_client
     from condupdate.jobs.run import checkpoint_dir, run
+
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
     try:
         configs = [load_config(path) for path in args.config]
@@ -347,7 +380,7 @@ def _run_command(args: argparse.Namespace) -> int:
                     continue
                 except KeyboardInterrupt:
                     print(
-                        f"condupdate run: interrupted; earlier results in {str(out)!r} are unchanged, and finished "
+                        f"condupdate run: interrupted; nothing in {str(out)!r} was changed, and finished "
                         f"units in {str(checkpoint_dir(out))!r} are loaded when the same command runs again.",
                         file=sys.stderr,
                     )

@@ -197,3 +197,19 @@ def test_nan_subset_raises(nan_subset_config, job):
 def test_empty_apply_selection_raises(empty_apply_config, job):
     with pytest.raises(DataError, match=r"split\.apply = \['1950', '1960'\]"):
         job(empty_apply_config)
+
+
+def test_cli_check_rejects_holdout_of_too_many_subsets(temperature_file, run_config, tmp_path):
+    raw = run_config([temperature_file])
+    raw["update"] = {"select": {"candidates": [{"parameters": "biases"}], "holdout": 40}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    n_subsets = len(check(parse_config(run_config([temperature_file]))).subsets)
+
+    for command in ("check", "run"):
+        proc = _condupdate(command, str(path), *(["--out", str(tmp_path / "out")] if command == "run" else []))
+        assert proc.returncode == 2, proc.stderr
+        assert "update.select.holdout = 40" in proc.stderr or "Lower update.select.holdout" in proc.stderr
+        assert f"at most {n_subsets - 2}" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

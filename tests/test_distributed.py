@@ -320,3 +320,39 @@ def test_killed_run_resumes_without_recomputing(tiny_file, run_config, tmp_path,
     xr.testing.assert_identical(resumed.update.anomalies_, reference)
     assert _anomaly_store(out).values.tobytes() == reference.values.tobytes()
     assert not checkpoint_dir(out).exists()
+
+
+@pytest.mark.slow
+def test_terminated_run_reports_and_leaves_no_partial_output(tiny_file, run_config, tmp_path):
+    # Batch schedulers stop a job with SIGTERM: the run must stop like Ctrl-C,
+    # remove its hidden output folder and say what a rerun will load.
+    raw = run_config([tiny_file])
+    raw["subsets"]["size"] = 1
+    raw["finetune"].update(epochs=40, patience=0)
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    units = checkpoint_dir(out) / "units"
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "condupdate", "run", str(path), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
+    try:
+        _poll_units(units, 2, proc)
+        assert proc.poll() is None, "the run ended before it could be stopped; give it more work"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    assert proc.returncode == 130
+    assert f"nothing in {str(out)!r} was changed" in stderr
+    assert str(checkpoint_dir(out)) in stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len([p for p in units.iterdir() if p.suffix == ".pt"]) >= 2

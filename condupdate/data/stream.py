@@ -28,7 +28,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from condupdate._errors import DataError
+from condupdate._errors import ConfigError, DataError
 from condupdate.data.normalize import Normalizer
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ class ChunkedSampler:
         max_steps = int(_BLOCK_SHARE * budget * MIB // (block_row_bytes * self.row_stride))
         if max_steps < 1:
             needed = block_row_bytes * self.row_stride / _BLOCK_SHARE / MIB
-            raise ValueError(
+            raise ConfigError(
                 f"memory_budget_mb={memory_budget_mb!r} is too small: one step of {self.sample_dims[0]!r} "
                 f"contains {self.row_stride} samples of {n_columns} columns; raise memory_budget_mb to at least "
                 f"{math.ceil(needed * 100) / 100:g} or thin the data."

@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from condupdate import regimes, skill
+from condupdate._errors import ConfigError
 from condupdate.data import stack_samples
 from condupdate.jobs.config import RunConfig
 from condupdate.jobs.prepare import Prepared, check_training_values, per_sample, prepare
@@ -151,6 +152,13 @@ def check(config: RunConfig, dataset: xr.Dataset | None = None) -> CheckReport:
     labels = per_sample(prep.subsets, prep.train, sample_dims).astype(str)
     valid = check_training_values(prep, X, Y, P, labels)
     subsets = {label: int(valid[labels == label].sum()) for label in regimes.subset_order(prep.subsets)}
+    select = config.update.select
+    if select is not None and len(subsets) - select.holdout < 2:
+        raise ConfigError(
+            f"update.select.holdout = {select.holdout} holds out that many of the {len(subsets)} training subsets, "
+            f"leaving {len(subsets) - select.holdout}; the weight regression needs at least 2. Lower "
+            f"update.select.holdout to at most {len(subsets) - 2}, or use more subsets."
+        )
 
     predictors = [_predictor_range(prep, name) for name in prep.predictors]
     for p in predictors:

@@ -29,6 +29,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from condupdate._errors import ConfigError
 from condupdate._io import atomic_path
 from condupdate.emulators.training import TrainConfig, train
 from condupdate.update.conditional import DEFAULT_FINETUNE, ConditionalUpdate
@@ -193,7 +194,7 @@ def _holdout(subset_predictors: np.ndarray, application_predictor: np.ndarray, h
     if isinstance(holdout, bool) or not isinstance(holdout, (int, np.integer)) or holdout < 1:
         raise ValueError(f"holdout must be an integer of at least 1, got {holdout!r}.")
     if n_subsets - holdout < 2:
-        raise ValueError(
+        raise ConfigError(
             f"Holding out {holdout} of {n_subsets} training subsets leaves {n_subsets - holdout}; the weight "
             f"regression needs at least 2. Lower update.select.holdout to at most {n_subsets - 2}, or use more subsets."
         )
