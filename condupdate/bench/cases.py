@@ -1,7 +1,7 @@
 """The use cases of the scorecard: one configuration file per case under ``data/configs/``.
 
 Each case is an ordinary run configuration that ``condupdate run`` executes; the
-scorecard adds baselines on the same split. ``quick`` holds the overrides of
+scorecard adds baselines on the same split. ``quick`` contains the overrides of
 ``condupdate bench --quick`` (fewer epochs, a thinner grid), merged key by key
 into the configuration.
 """

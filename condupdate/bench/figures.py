@@ -19,6 +19,10 @@ __all__ = ["case_error_vs_distance", "rmse_by_method", "write_figures"]
 logger = logging.getLogger(__name__)
 
 
+# The child stands out, the parent is grey and every baseline is blue.
+_METHOD_COLOURS = {"child": "tab:orange", "parent": "tab:grey"}
+
+
 def rmse_by_method(summary: list[dict[str, object]]) -> Figure:
     """Draw one panel per case: mean RMSE of each method over seeds with its 90 % bootstrap interval.
 
@@ -41,7 +45,7 @@ def rmse_by_method(summary: list[dict[str, object]]) -> Figure:
         high = np.array([float(e["rmse_high"]) for e in entries])
         # Without an interval (one seed) the error bar has length 0.
         errors = np.vstack([np.nan_to_num(means - low), np.nan_to_num(high - means)])
-        colours = ["tab:orange" if e["method"] == "child" else "tab:grey" if e["method"] == "parent" else "tab:blue" for e in entries]
+        colours = [_METHOD_COLOURS.get(str(e["method"]), "tab:blue") for e in entries]
         ax.bar(range(len(entries)), means, yerr=errors, color=colours, capsize=3)
         ax.set_xticks(range(len(entries)), [str(e["method"]) for e in entries], rotation=45, ha="right")
         ax.set_title(case)

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 MIB = 2**20  # bytes in one megabyte of memory_budget_mb
 
-# How the budget is shared, as estimates that tests/test_stream.py checks on a
+# Shares of the budget, as estimates that tests/test_stream.py checks on a
 # netCDF file. The buffer of float32 rows with its row indices gets 40 %.
 # Reading one block (raw values, dask's concatenation of chunk pieces and one
 # float64 column) gets 20 %. The rest is for the dask graph, the thread pool
