@@ -789,6 +789,14 @@ def _crps_gaussian_kernel(truth: np.ndarray, mean: np.ndarray, std: np.ndarray) 
     return out
 
 
+def _align_std(std: xr.DataArray, *others: xr.DataArray) -> tuple[xr.DataArray, ...]:
+    """Return ``std`` and ``others`` aligned exactly, or raise DataError when their coordinates differ."""
+    try:
+        return xr.align(std, *others, join="exact")
+    except ValueError as err:
+        raise DataError(f"std has other coordinates than the mean and truth ({err}); give it on their grid.") from err
+
+
 def crps_gaussian(
     mean: xr.DataArray,
     std: xr.DataArray,
@@ -826,10 +834,7 @@ def crps_gaussian(
     0.2337
     """
     error = _error(mean, truth, dim, weights)
-    try:
-        mean, std, truth = xr.align(mean, std, truth, join="exact")
-    except ValueError as err:
-        raise DataError(f"std has other coordinates than the mean and truth ({err}); give it on their grid.") from err
+    std, mean, truth = _align_std(std, mean, truth)
     if not _is_dask(std) and bool((std < 0).any()):
         raise DataError(f"std has negative values (minimum {float(std.min())}); a standard deviation is >= 0.")
     cell = xr.apply_ufunc(_crps_gaussian_kernel, truth, mean, std, dask="parallelized", output_dtypes=[float])
@@ -856,10 +861,7 @@ def gaussian_spread_skill_ratio(
         Named ``spread_skill_ratio``, units ``1``.
     """
     error = _error(mean, truth, dim, weights)
-    try:
-        error, std = xr.align(error, std, join="exact")
-    except ValueError as err:
-        raise DataError(f"std has other coordinates than the mean and truth ({err}); give it on their grid.") from err
+    std, error = _align_std(std, error)
     valid = error.notnull() & std.notnull()
     spread = np.sqrt(_mean((std**2).where(valid), dim, weights, skipna=True))
     skill = np.sqrt(_mean((error**2).where(valid), dim, weights, skipna=True))
