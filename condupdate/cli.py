@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Batch schedulers stop jobs with SIGTERM: handle it as Ctrl-C, so the
-    # hidden output folder is removed and the user is told what was kept.
+    # hidden output folder is removed and the message names what was kept.
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         with _readable_warnings(args.command):

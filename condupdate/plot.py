@@ -1080,7 +1080,7 @@ def _time_axis_values(field: xr.DataArray, dim: str) -> tuple[np.ndarray, str, s
 
 
 def _category_labels(field: xr.DataArray, dim: str) -> list[str] | None:
-    """Return the labels of a ``dim`` coordinate that holds names (models, scenarios), else None."""
+    """Return the labels of a ``dim`` coordinate that contains names (models, scenarios), else None."""
     if dim not in field.coords:
         return None
     values = np.asarray(field[dim].values)

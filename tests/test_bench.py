@@ -333,7 +333,7 @@ def test_bench_overwrite_refuses_foreign_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep")
     status = main(["bench", "--quick", "--cases", "warm-future", "--out", str(tmp_path), "--overwrite"])
     assert status == 2
-    assert "holds no bench results" in capsys.readouterr().err
+    assert "contains no bench results" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep"
 
 

@@ -201,7 +201,7 @@ def test_members_write_signal_to_noise(run_config, temperature_file, tmp_path):
 # tagger registered with torch.serialization.register_package returns. This tagger
 # returns "cuda:0" while the flag is set, the string torch records for a tensor on
 # the first GPU, so a machine without one writes a GPU-tagged archive. Otherwise it
-# returns None and torch asks its own taggers, so one registration serves the module.
+# returns None and torch calls its own taggers, so one registration serves the module.
 _SAVE_AS_CUDA = contextvars.ContextVar("save_as_cuda", default=False)
 torch.serialization.register_package(
     0, lambda storage: "cuda:0" if _SAVE_AS_CUDA.get() else None, lambda storage, location: None

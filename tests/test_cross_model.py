@@ -22,7 +22,7 @@ from condupdate.jobs.config import parse_config  # noqa: E402
 from condupdate.jobs.run import run  # noqa: E402
 
 # Calendars 360_day (KACE), julian (IITM), standard (MIROC6), noleap (CanESM5);
-# E3SM-1-0 holds implausible values below ground; AWI-CM-1-1-MR has one file per year.
+# E3SM-1-0 contains implausible values below ground; AWI-CM-1-1-MR has one file per year.
 MODELS = ["KACE-1-0-G", "IITM-ESM", "MIROC6", "CanESM5", "E3SM-1-0", "AWI-CM-1-1-MR"]
 
 

@@ -78,7 +78,8 @@ def test_loader_layout_and_mask(levitus):
     assert levitus["density"].dims == ("depth", "lat", "lon")
     assert levitus.sizes == {"depth": 20, "lat": 90, "lon": 180}
     assert levitus["density"].attrs["units"] == "kg m-3"
-    assert float(levitus["lon"].min()) > 0 and float(levitus["lon"].max()) < 360
+    assert float(levitus["lon"].min()) > 0
+    assert float(levitus["lon"].max()) < 360
     np.testing.assert_array_equal(levitus["density"].isnull().values, levitus["temperature"].isnull().values)
     assert int(levitus["density"].sel(depth=slice(1000, 5000)).notnull().sum()) > 40000
 

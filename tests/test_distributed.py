@@ -325,7 +325,7 @@ def test_killed_run_resumes_without_recomputing(tiny_file, run_config, tmp_path,
 @pytest.mark.slow
 def test_terminated_run_reports_and_leaves_no_partial_output(tiny_file, run_config, tmp_path):
     # Batch schedulers stop a job with SIGTERM: the run must stop like Ctrl-C,
-    # remove its hidden output folder and say what a rerun will load.
+    # remove its hidden output folder and name what a rerun will load.
     raw = run_config([tiny_file])
     raw["subsets"]["size"] = 1
     raw["finetune"].update(epochs=40, patience=0)

@@ -99,8 +99,8 @@ def test_gaussian_head_recovers_mean_and_spread():
         mean, std = gaussian_parts(net(torch.as_tensor(grid, dtype=torch.float32)), 1)
     expected_std = np.log1p(np.exp(0.8 * grid - 1.0)) + MIN_STD
     # Tolerances: with 4000 samples the maximum-likelihood estimates of a, b, c
-    # and d have standard errors of about 0.01 to 0.03, so the fitted mean lies
-    # within about 0.01 of a x and the standard deviation within about 3 % of s(x).
+    # and d have standard errors of about 0.01 to 0.03 (an estimate). The fitted
+    # mean then lies within about 0.01 of a x, and the std within about 3 % of s(x).
     np.testing.assert_allclose(mean.numpy(), 1.5 * grid, atol=0.03)
     np.testing.assert_allclose(std.numpy(), expected_std, rtol=0.06)
 

@@ -19,7 +19,7 @@ __all__ = ["case_error_vs_distance", "rmse_by_method", "write_figures"]
 logger = logging.getLogger(__name__)
 
 
-# The child stands out, the parent is grey and every baseline is blue.
+# The child is orange, the parent grey and every baseline blue.
 _METHOD_COLOURS = {"child": "tab:orange", "parent": "tab:grey"}
 
 

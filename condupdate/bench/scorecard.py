@@ -426,7 +426,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
     check_output_dir(out, overwrite=overwrite)
     if overwrite and out.is_dir() and any(out.iterdir()) and not (out / _MARKER).is_file():
         raise FileExistsError(
-            f"Output folder {str(out)!r} is not empty and holds no bench results ({_MARKER} missing), "
+            f"Output folder {str(out)!r} is not empty and contains no bench results ({_MARKER} missing), "
             "so --overwrite will not replace it; choose another --out."
         )
 
@@ -454,7 +454,7 @@ def run_bench(
     out_dir : path, optional
         Folder for ``bench.csv``, ``summary.csv``, ``gains.csv`` and figures,
         written as a whole at the end. A non-empty folder is refused unless
-        ``overwrite`` is true and it holds earlier bench results.
+        ``overwrite`` is true and it contains earlier bench results.
     report : callable
         Receives progress lines and notes.
 
@@ -463,7 +463,9 @@ def run_bench(
     BenchResult
         A case that raises is recorded in ``failed`` and the other cases still run.
     """
-    seeds = (QUICK_SEEDS if quick else DEFAULT_SEEDS) if seeds is None else int(seeds)
+    if seeds is None:
+        seeds = QUICK_SEEDS if quick else DEFAULT_SEEDS
+    seeds = int(seeds)
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}.")
     selected = select_cases(cases)

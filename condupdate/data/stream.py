@@ -108,7 +108,7 @@ def open_chunked(
     ``CHUNK_SHARE`` of the budget, because reductions over several variables
     hold a chunk of each, with float64 copies, at once. Chunks that span the
     other sample dims whole are read from a contiguous netCDF variable in one
-    run per step; square tiles of the same size were about ten times slower to
+    run per step. Square tiles of the same size were about ten times slower to
     read in a test on 2 cores, because every tile row is a separate read.
 
     Parameters

@@ -155,8 +155,8 @@ def check(config: RunConfig, dataset: xr.Dataset | None = None) -> CheckReport:
     select = config.update.select
     if select is not None and len(subsets) - select.holdout < 2:
         raise ConfigError(
-            f"update.select.holdout = {select.holdout} holds out that many of the {len(subsets)} training subsets, "
-            f"leaving {len(subsets) - select.holdout}; the weight regression needs at least 2. Lower "
+            f"update.select.holdout = {select.holdout} is invalid: holding out that many of the {len(subsets)} training "
+            f"subsets leaves {len(subsets) - select.holdout}, and the weight regression needs at least 2. Lower "
             f"update.select.holdout to at most {len(subsets) - 2}, or use more subsets."
         )
 

@@ -146,7 +146,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None, timeou
     ValueError
         If both or an invalid ``workers`` are given.
     ConnectionError
-        If no scheduler answers at ``scheduler`` within ``timeout``.
+        If no scheduler responds at ``scheduler`` within ``timeout``.
     """
     check_cluster_options(workers, scheduler)
     if workers is None and scheduler is None:

@@ -72,9 +72,9 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
 
         # A variable missing here may sit in a netCDF4 or zarr group, which needs data.group.
         opened = "/" + (config.data.group or "").strip("/")
-        wanted = [(name, "data.targets") for name in config.data.targets]
-        wanted += [(spec.variable, "data.inputs") for spec in config.data.inputs if spec.variable is not None]
-        for name, key in wanted:
+        requested = [(name, "data.targets") for name in config.data.targets]
+        requested += [(spec.variable, "data.inputs") for spec in config.data.inputs if spec.variable is not None]
+        for name, key in requested:
             if name in ds.data_vars:
                 continue
             holders = {
@@ -85,7 +85,7 @@ def _open(config: RunConfig, dataset: xr.Dataset | None = None) -> xr.Dataset:
             if listing:
                 where = "the root group" if opened == "/" else f"group {opened!r} (data.group)"
                 suggested = next(groups for groups in holders.values() if groups)[0].strip("/") or "/"
-                found_here = list(dict.fromkeys(other for other, _ in wanted if other in ds.data_vars))
+                found_here = list(dict.fromkeys(other for other, _ in requested if other in ds.data_vars))
                 fix = (
                     f"A run reads one group, and {found_here} are in {where}: merge the groups with xarray "
                     "and pass the result as run(config, dataset=...), or write one file per group."

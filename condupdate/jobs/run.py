@@ -271,7 +271,7 @@ def _run(
         prep.predictors,
         map_units=runner.map,
     ).fit_regressor()
-    # A resumed run says so without -v: the user should know earlier work was reused.
+    # A resumed run is logged without -v, because earlier work was reused.
     log = logger.warning if runner.loaded_ else logger.info
     log("run %s: %d units loaded from checkpoint, %d computed", config.name, runner.loaded_, runner.computed_)
     for name in prep.predictors:

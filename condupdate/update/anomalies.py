@@ -103,7 +103,7 @@ def load_anomalies(path: str | os.PathLike) -> xr.DataArray:
         ds = ds.load()
     da = ds["anomaly"]
     # The CF 'coordinates' attribute separates names with spaces, so a predictor
-    # whose name holds a space comes back as a data variable; the 'predictors'
+    # whose name contains a space comes back as a data variable. The 'predictors'
     # attribute lists them all, and each becomes a coordinate on subset again.
     names = json.loads(da.attrs["predictors"])
     return da.assign_coords({name: ds[name] for name in names if name not in da.coords})
